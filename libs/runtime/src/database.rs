@@ -1,0 +1,113 @@
+//! PostgreSQL as an attached resource (factor 4): one `DATABASE_URL`, a lazy pool, a readiness
+//! check, and migrations run only by the `migrate` command.
+
+use std::{future::Future, pin::Pin, str::FromStr, time::Duration};
+
+use serde::Deserialize;
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::{config::ConfigError, health::ReadinessCheck, secret::SecretUrl};
+
+/// Database settings, from `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`,
+/// `DATABASE_ACQUIRE_TIMEOUT_MS`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/database`; the password is redacted when shown.
+    pub database_url: SecretUrl,
+    /// Pool size per process. Sum over all replicas must stay under the server's
+    /// `max_connections`; by Little's law, requests/s × mean query time is what is needed.
+    #[serde(default = "default_max_connections")]
+    pub database_max_connections: u32,
+    /// How long a request waits for a pooled connection before failing (and readiness with it).
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub database_acquire_timeout_ms: u64,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+fn default_acquire_timeout_ms() -> u64 {
+    3000
+}
+
+impl DatabaseConfig {
+    /// Validates the URI as a PostgreSQL connection string.
+    pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        if !matches!(self.database_url.scheme(), "postgres" | "postgresql") {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "expected a postgres:// or postgresql:// URI",
+            ));
+        }
+        PgConnectOptions::from_str(self.database_url.expose())
+            .map_err(|e| ConfigError::new("DATABASE_URL", format!("is not usable: {e}")))
+    }
+
+    /// A pool that connects on first use, so the process starts (and reports itself not ready)
+    /// even while the database is still coming up.
+    pub fn connect_lazy(&self) -> Result<PgPool, ConfigError> {
+        if self.database_max_connections == 0 {
+            return Err(ConfigError::new(
+                "DATABASE_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        Ok(PgPoolOptions::new()
+            .max_connections(self.database_max_connections)
+            .acquire_timeout(Duration::from_millis(self.database_acquire_timeout_ms))
+            .connect_lazy_with(self.connect_options()?))
+    }
+}
+
+/// Connects now, for one-off commands (`migrate`, `seed`): a failure surfaces the driver's real
+/// error instead of a pool time-out.
+pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    let options = config
+        .connect_options()
+        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+}
+
+/// Applies `migrator` (embedded with `sqlx::migrate!`) and reports how many ran.
+pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator.run(pool).await?;
+    let applied = migrator.iter().count();
+    tracing::info!(migrations = applied, "database schema is up to date");
+    Ok(())
+}
+
+/// Readiness: the database answers `SELECT 1`.
+#[derive(Debug, Clone)]
+pub struct DatabaseCheck {
+    pool: PgPool,
+}
+
+impl DatabaseCheck {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+impl ReadinessCheck for DatabaseCheck {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}

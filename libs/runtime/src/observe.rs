@@ -1,0 +1,86 @@
+//! Per-request middleware: the request id, one log event, and RED metrics.
+//!
+//! `X-Request-Id` is taken from the request when it is sane (printable ASCII, at most 128
+//! bytes), otherwise generated; it is echoed on the response and attached to every log event
+//! of the request through a tracing span.
+
+use std::time::Instant;
+
+use actix_web::{
+    Error, HttpMessage,
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    http::header::{HeaderName, HeaderValue},
+    middleware::Next,
+    web,
+};
+use tracing::Instrument;
+
+use crate::{
+    metrics::{HttpLabels, Metrics},
+};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the request being served; handlers can extract it from request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn incoming_request_id(request: &ServiceRequest) -> Option<String> {
+    let value = request.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let sane = !value.is_empty()
+        && value.len() <= 128
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    sane.then(|| value.to_owned())
+}
+
+/// The middleware; mount with `actix_web::middleware::from_fn(observe::request)`.
+pub async fn request(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let request_id = incoming_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let metrics = request.app_data::<web::Data<Metrics>>().cloned();
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+
+    let outcome = next.call(request).instrument(span.clone()).await;
+
+    let status = match &outcome {
+        Ok(response) => response.status(),
+        Err(error) => error.as_response_error().status_code(),
+    };
+    let latency = started.elapsed();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        let failure = match &outcome {
+            Ok(response) => response.response().error().map(ToString::to_string),
+            Err(error) => Some(error.to_string()),
+        };
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), latency_ms, error = failure.as_deref(), "request failed");
+        } else {
+            tracing::info!(status = status.as_u16(), latency_ms, "request completed");
+        }
+    });
+    if let Some(metrics) = metrics {
+        let labels = HttpLabels {
+            method,
+            route,
+            status: status.as_u16(),
+        };
+        metrics.observe_request(&labels, latency.as_secs_f64());
+    }
+    let mut response = outcome?;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(response)
+}

@@ -1,0 +1,30 @@
+//! Catalog settings: every one from an environment variable, each with a default in code
+//! except `DATABASE_URL`.
+
+use dockyard_runtime::{
+    config::{ConfigError, from_env},
+    database::DatabaseConfig,
+    server::HttpConfig,
+    telemetry::TelemetryConfig,
+};
+
+/// Everything `catalog serve`, `migrate` and `seed` need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Settings {
+    /// Reads and validates the environment; the error names the variable at fault.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let settings = Self {
+            http: from_env()?,
+            database: from_env()?,
+            telemetry: from_env()?,
+        };
+        settings.database.connect_options()?;
+        Ok(settings)
+    }
+}

@@ -1,0 +1,92 @@
+//! Money: an integer amount of the currency's minor unit (cents) and an ISO 4217 currency.
+//! Never floats.
+
+use std::fmt;
+
+use dockyard_runtime::problem::FieldError;
+use serde::{Serialize, Serializer};
+
+/// An ISO 4217 currency that has a minor unit (so `XAU` or `XXX` are refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Currency(iso_currency::Currency);
+
+impl Currency {
+    pub fn parse(code: &str) -> Result<Self, String> {
+        iso_currency::Currency::from_code(code)
+            .filter(|currency| currency.exponent().is_some())
+            .map(Self)
+            .ok_or_else(|| format!("`{code}` is not an ISO 4217 currency code such as EUR or USD"))
+    }
+
+    pub fn code(self) -> &'static str {
+        self.0.code()
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
+}
+
+/// A non-negative price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Money {
+    /// Amount in the currency's minor unit: 1299 with EUR is €12.99.
+    pub amount_minor: i64,
+    pub currency: Currency,
+}
+
+impl Money {
+    /// Validates a price; errors name `{field}.amount_minor` / `{field}.currency`.
+    pub fn parse(field: &str, amount_minor: i64, currency: &str) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if amount_minor < 0 {
+            errors.push(FieldError::new(
+                format!("{field}.amount_minor"),
+                "must not be negative",
+            ));
+        }
+        let currency = Currency::parse(currency)
+            .map_err(|message| errors.push(FieldError::new(format!("{field}.currency"), message)));
+        match currency {
+            Ok(currency) if errors.is_empty() => Ok(Self {
+                amount_minor,
+                currency,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_price_parses() {
+        let price = Money::parse("price", 1299, "EUR").unwrap();
+        assert_eq!(price.amount_minor, 1299);
+        assert_eq!(price.currency.code(), "EUR");
+    }
+
+    #[test]
+    fn negative_amounts_and_unknown_currencies_are_both_reported() {
+        let errors = Money::parse("price", -1, "EURO").unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["price.amount_minor", "price.currency"]);
+    }
+
+    #[test]
+    fn currencies_without_a_minor_unit_are_refused() {
+        assert!(Currency::parse("XAU").is_err());
+        assert!(Currency::parse("eur").is_err(), "codes are upper case");
+        assert!(Currency::parse("JPY").is_ok());
+    }
+}

@@ -1,0 +1,232 @@
+//! Product persistence in PostgreSQL. Plain sqlx queries; optimistic concurrency by `version`.
+
+use anyhow::Context;
+use dockyard_runtime::database::{self, DatabaseConfig};
+use serde::Serialize;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    MIGRATOR,
+    domain::{NewProduct, ProductChanges},
+};
+
+/// A stored product, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Product {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    #[sqlx(flatten)]
+    pub price: Price,
+    pub stock: i32,
+    /// Incremented by every change; the product's ETag is derived from it.
+    pub version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A stored price, in minor units of `currency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Price {
+    #[sqlx(rename = "price_minor")]
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+/// Which versions a conditional change accepts (`If-Match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// `If-Match: *`, or no condition: any current version.
+    Any,
+    /// Only these versions; an empty list matches nothing.
+    Versions(Vec<i64>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a product with sku `{0}` already exists")]
+    DuplicateSku(String),
+    #[error("product {0} does not exist")]
+    NotFound(Uuid),
+    #[error("product {id} is at version {current}")]
+    VersionMismatch { id: Uuid, current: i64 },
+    #[error("database failure")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Products in the database; cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct ProductStore {
+    pool: PgPool,
+}
+
+impl ProductStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    #[tracing::instrument(skip_all, fields(sku = product.sku.as_str()))]
+    pub async fn insert(&self, product: &NewProduct) -> Result<Product, StoreError> {
+        sqlx::query_as::<_, Product>(
+            "INSERT INTO products (id, sku, name, description, price_minor, currency, stock)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING *",
+        )
+        .bind(Uuid::now_v7())
+        .bind(product.sku.as_str())
+        .bind(product.name.as_str())
+        .bind(&product.description)
+        .bind(product.price.amount_minor)
+        .bind(product.price.currency.code())
+        .bind(product.stock.value())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|error| match error.as_database_error() {
+            Some(db) if db.is_unique_violation() => {
+                StoreError::DuplicateSku(product.sku.as_str().to_owned())
+            }
+            _ => StoreError::Database(error),
+        })
+    }
+
+    /// Inserts unless the SKU exists; `true` when inserted. For seeding.
+    pub async fn insert_if_absent(&self, product: &NewProduct) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO products (id, sku, name, description, price_minor, currency, stock)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (sku) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(product.sku.as_str())
+        .bind(product.name.as_str())
+        .bind(&product.description)
+        .bind(product.price.amount_minor)
+        .bind(product.price.currency.code())
+        .bind(product.stock.value())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
+        sqlx::query_as::<_, Product>("SELECT * FROM products WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// Up to `limit` products after `after` (exclusive), in id (= creation) order.
+    pub async fn page(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<Product>, StoreError> {
+        Ok(sqlx::query_as::<_, Product>(
+            "SELECT * FROM products
+             WHERE $1::uuid IS NULL OR id > $1
+             ORDER BY id
+             LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The products among `ids` that exist, in id order.
+    pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Product>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, Product>("SELECT * FROM products WHERE id = ANY($1) ORDER BY id")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Applies `changes` if the product is at an `expected` version; bumps the version.
+    /// Atomic: of concurrent updates expecting the same version, exactly one succeeds.
+    #[tracing::instrument(skip(self, changes))]
+    pub async fn update(
+        &self,
+        id: Uuid,
+        expected: &Expected,
+        changes: &ProductChanges,
+    ) -> Result<Product, StoreError> {
+        let updated = sqlx::query_as::<_, Product>(
+            "UPDATE products SET
+                 name        = COALESCE($3, name),
+                 description = COALESCE($4, description),
+                 price_minor = COALESCE($5, price_minor),
+                 currency    = COALESCE($6, currency),
+                 stock       = COALESCE($7, stock),
+                 version     = version + 1,
+                 updated_at  = now()
+             WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2))
+             RETURNING *",
+        )
+        .bind(id)
+        .bind(expected_versions(expected))
+        .bind(changes.name.as_ref().map(|n| n.as_str()))
+        .bind(changes.description.as_deref())
+        .bind(changes.price.map(|p| p.amount_minor))
+        .bind(changes.price.map(|p| p.currency.code()))
+        .bind(changes.stock.map(|s| s.value()))
+        .fetch_optional(&self.pool)
+        .await?;
+        match updated {
+            Some(product) => Ok(product),
+            None => Err(self.why_unchanged(id).await),
+        }
+    }
+
+    /// Deletes the product if it is at an `expected` version.
+    #[tracing::instrument(skip(self))]
+    pub async fn delete(&self, id: Uuid, expected: &Expected) -> Result<(), StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM products WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2))",
+        )
+        .bind(id)
+        .bind(expected_versions(expected))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if deleted == 1 {
+            Ok(())
+        } else {
+            Err(self.why_unchanged(id).await)
+        }
+    }
+
+    /// After a conditional write matched no row: the product is gone, or at another version.
+    async fn why_unchanged(&self, id: Uuid) -> StoreError {
+        let current = sqlx::query_scalar::<_, i64>("SELECT version FROM products WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await;
+        match current {
+            Ok(Some(current)) => StoreError::VersionMismatch { id, current },
+            Ok(None) => StoreError::NotFound(id),
+            Err(error) => StoreError::Database(error),
+        }
+    }
+}
+
+fn expected_versions(expected: &Expected) -> Option<&[i64]> {
+    match expected {
+        Expected::Any => None,
+        Expected::Versions(versions) => Some(versions),
+    }
+}
+
+/// `catalog migrate`: applies the embedded migrations.
+pub async fn migrate(config: &DatabaseConfig) -> anyhow::Result<()> {
+    let pool = database::connect(config)
+        .await
+        .with_context(|| format!("connecting to {}", config.database_url))?;
+    database::migrate(&pool, &MIGRATOR).await?;
+    pool.close().await;
+    Ok(())
+}
