@@ -60,9 +60,8 @@ fn load<T: DeserializeOwned>(environment: config::Environment) -> Result<T, Conf
 /// Turns the `config` crate's error into one naming the environment variable.
 fn explain(error: config::ConfigError, key: Option<String>) -> ConfigError {
     use config::ConfigError as E;
-    let variable = |key: Option<String>| {
-        key.map_or_else(|| "environment".to_owned(), |k| k.to_uppercase())
-    };
+    let variable =
+        |key: Option<String>| key.map_or_else(|| "environment".to_owned(), |k| k.to_uppercase());
     match error {
         E::Type {
             key: own_key,
@@ -89,10 +88,7 @@ fn explain(error: config::ConfigError, key: Option<String>) -> ConfigError {
 
 /// serde reports an absent field as "missing field `name`".
 fn missing_field(message: &str) -> Option<&str> {
-    message
-        .strip_prefix("missing field `")?
-        .split('`')
-        .next()
+    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 #[cfg(test)]

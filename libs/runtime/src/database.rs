@@ -5,7 +5,7 @@ use std::{future::Future, pin::Pin, str::FromStr, time::Duration};
 
 use serde::Deserialize;
 use sqlx::{
-    PgPool,
+    Connection, PgConnection, PgPool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -64,20 +64,71 @@ impl DatabaseConfig {
     }
 }
 
+/// The pool, with every query executed on the process's main runtime.
+///
+/// actix-web serves each worker thread with its own single-threaded runtime, and a database
+/// socket belongs to the runtime that opened it. Graceful shutdown stops idle workers first;
+/// their runtimes end, and with them every pooled connection they opened, even one a busy
+/// worker is using to finish a request. Running queries on the main runtime, which outlives
+/// the HTTP server, keeps connections valid until the pool is closed.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: PgPool,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Database {
+    /// Wraps `pool`; call from the main runtime (it is captured here).
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Runs `work` with the pool on the main runtime and waits for it. The work completes
+    /// even if the caller stops waiting (a client hung up), so a transaction is never cut off
+    /// midway by a cancelled request.
+    pub async fn run<T, F, Fut>(&self, work: F) -> Result<T, sqlx::Error>
+    where
+        F: FnOnce(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.runtime.spawn(work(self.pool.clone())).await {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => Err(sqlx::Error::PoolClosed), // the main runtime is shutting down
+        }
+    }
+
+    /// Waits for checked-out connections to return, then closes them.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
 /// Connects now, for one-off commands (`migrate`, `seed`): a failure surfaces the driver's real
 /// error instead of a pool time-out.
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     let options = config
         .connect_options()
         .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    // One direct attempt first: the pool would retry until its time-out and report only that,
+    // where a direct connection reports the real cause (refused, unknown database, auth).
+    PgConnection::connect_with(&options).await?.close().await?;
     PgPoolOptions::new()
         .max_connections(2)
+        .acquire_timeout(Duration::from_millis(config.database_acquire_timeout_ms))
         .connect_with(options)
         .await
 }
 
 /// Applies `migrator` (embedded with `sqlx::migrate!`) and reports how many ran.
-pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+pub async fn migrate(
+    pool: &PgPool,
+    migrator: &Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
     migrator.run(pool).await?;
     let applied = migrator.iter().count();
     tracing::info!(migrations = applied, "database schema is up to date");
@@ -87,12 +138,12 @@ pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::mig
 /// Readiness: the database answers `SELECT 1`.
 #[derive(Debug, Clone)]
 pub struct DatabaseCheck {
-    pool: PgPool,
+    database: Database,
 }
 
 impl DatabaseCheck {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(database: Database) -> Self {
+        Self { database }
     }
 }
 
@@ -103,8 +154,8 @@ impl ReadinessCheck for DatabaseCheck {
 
     fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            sqlx::query("SELECT 1")
-                .execute(&self.pool)
+            self.database
+                .run(|pool| async move { sqlx::query("SELECT 1").execute(&pool).await })
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string())

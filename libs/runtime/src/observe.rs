@@ -16,9 +16,7 @@ use actix_web::{
 };
 use tracing::Instrument;
 
-use crate::{
-    metrics::{HttpLabels, Metrics},
-};
+use crate::metrics::{HttpLabels, Metrics};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -28,9 +26,8 @@ pub struct RequestId(pub String);
 
 fn incoming_request_id(request: &ServiceRequest) -> Option<String> {
     let value = request.headers().get(REQUEST_ID)?.to_str().ok()?;
-    let sane = !value.is_empty()
-        && value.len() <= 128
-        && value.bytes().all(|b| b.is_ascii_graphic());
+    let sane =
+        !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
     sane.then(|| value.to_owned())
 }
 
@@ -40,7 +37,8 @@ pub async fn request(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
-    let request_id = incoming_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request_id =
+        incoming_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let route = request
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
@@ -49,7 +47,8 @@ pub async fn request(
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let span =
+        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
 
     let outcome = next.call(request).instrument(span.clone()).await;
 
@@ -65,7 +64,12 @@ pub async fn request(
             Err(error) => Some(error.to_string()),
         };
         if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), latency_ms, error = failure.as_deref(), "request failed");
+            tracing::error!(
+                status = status.as_u16(),
+                latency_ms,
+                error = failure.as_deref(),
+                "request failed"
+            );
         } else {
             tracing::info!(status = status.as_u16(), latency_ms, "request completed");
         }

@@ -11,10 +11,7 @@ use actix_web::{
     body::BoxBody,
     dev::ServiceResponse,
     error::{JsonPayloadError, PathError, QueryPayloadError},
-    http::{
-        StatusCode,
-        header,
-    },
+    http::{StatusCode, header},
     middleware::ErrorHandlerResponse,
     web,
 };
@@ -100,12 +97,16 @@ impl Problem {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        Self::of_kind(StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid request content")
-            .detail(detail)
-            .extension(
-                "errors",
-                serde_json::to_value(errors).expect("field errors serialise"),
-            )
+        Self::of_kind(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "Invalid request content",
+        )
+        .detail(detail)
+        .extension(
+            "errors",
+            serde_json::to_value(errors).expect("field errors serialise"),
+        )
     }
 
     /// A server-side failure. The cause is logged by whoever creates it, not shown.
@@ -184,10 +185,9 @@ fn json_problem(error: &JsonPayloadError, limit: usize) -> Problem {
         }
         JsonPayloadError::ContentType => Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE)
             .detail("expected a JSON body with Content-Type: application/json"),
-        JsonPayloadError::Deserialize(e) if e.is_data() => Problem::validation(&[FieldError::new(
-            "body",
-            e.to_string(),
-        )]),
+        JsonPayloadError::Deserialize(e) if e.is_data() => {
+            Problem::validation(&[FieldError::new("body", e.to_string())])
+        }
         JsonPayloadError::Deserialize(e) => {
             Problem::bad_request(format!("the body is not valid JSON: {e}"))
         }
@@ -215,7 +215,9 @@ pub fn fill_bare_error<B>(
     response: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
     if response.headers().contains_key(header::CONTENT_TYPE) {
-        return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
     }
     let problem = Problem::new(response.status()).detail(match response.status() {
         StatusCode::NOT_FOUND => format!("no route for {}", response.request().path()),

@@ -71,7 +71,10 @@ mod tests {
         let url = SecretUrl::parse("postgres://app:hunter2@db.internal:5432/catalog").unwrap();
         let shown = format!("{url} {url:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("postgres://app:***@db.internal:5432/catalog"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db.internal:5432/catalog"),
+            "{shown}"
+        );
         assert_eq!(
             url.expose(),
             "postgres://app:hunter2@db.internal:5432/catalog"

@@ -73,7 +73,7 @@ impl HttpConfig {
 #[allow(missing_debug_implementations)] // actix's server handle has no Debug
 pub struct Server {
     port: u16,
-    server: ActixServer,
+    actix: ActixServer,
     health: Arc<Health>,
     shutdown_delay: Duration,
 }
@@ -117,7 +117,7 @@ where
     tracing::info!(address = %format!("{}:{port}", config.host), "listening");
     Ok(Server {
         port,
-        server: server.run(),
+        actix: server.run(),
         health,
         shutdown_delay: Duration::from_millis(config.shutdown_delay_ms),
     })
@@ -135,15 +135,21 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then drains and returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let handle = self.server.handle();
-        let mut serving = tokio::spawn(self.server);
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let handle = self.actix.handle();
+        let mut serving = tokio::spawn(self.actix);
         tokio::select! {
             result = &mut serving => return result.map_err(std::io::Error::other)?,
             () = shutdown => {}
         }
         self.health.start_draining();
-        tracing::info!(delay_ms = self.shutdown_delay.as_millis(), "readiness off, draining");
+        tracing::info!(
+            delay_ms = self.shutdown_delay.as_millis(),
+            "readiness off, draining"
+        );
         tokio::time::sleep(self.shutdown_delay).await;
         handle.stop(true).await;
         serving.await.map_err(std::io::Error::other)??;

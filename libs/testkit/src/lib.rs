@@ -25,7 +25,8 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates `{prefix}_test_{uuid}` on the test server.
     pub async fn create(prefix: &str) -> Self {
-        let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+        let server =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
         let mut admin_url = Url::parse(&server).expect("DATABASE_URL must be a valid URL in tests");
         admin_url.set_path("/postgres");
         let name = format!("{prefix}_test_{}", uuid::Uuid::new_v4().simple());

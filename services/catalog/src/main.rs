@@ -5,7 +5,12 @@ use dockyard_runtime::{
     command::Command, config, exit, healthcheck, server::HttpConfig, shutdown, telemetry,
 };
 
-const COMMANDS: &[Command] = &[Command::Serve, Command::Migrate, Command::Seed, Command::Healthcheck];
+const COMMANDS: &[Command] = &[
+    Command::Serve,
+    Command::Migrate,
+    Command::Seed,
+    Command::Healthcheck,
+];
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -16,7 +21,10 @@ async fn main() -> ExitCode {
     if command == Command::Healthcheck {
         // Needs only the port; must not fail for want of other settings.
         return match config::from_env::<HttpConfig>() {
-            Ok(http) => exit::from_result(SERVICE, healthcheck::probe(http.port).await.map_err(Into::into)),
+            Ok(http) => exit::from_result(
+                SERVICE,
+                healthcheck::probe(http.port).await.map_err(Into::into),
+            ),
             Err(error) => exit::config_error(SERVICE, &error),
         };
     }

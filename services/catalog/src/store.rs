@@ -1,15 +1,14 @@
 //! Product persistence in PostgreSQL. Plain sqlx queries; optimistic concurrency by `version`.
 
 use anyhow::Context;
-use dockyard_runtime::database::{self, DatabaseConfig};
+use dockyard_runtime::database::{self, Database, DatabaseConfig};
 use serde::Serialize;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
     MIGRATOR,
-    domain::{NewProduct, ProductChanges},
+    domain::{NewProduct, ProductChanges, ProductName, Stock},
 };
 
 /// A stored product, as the API shows it.
@@ -62,88 +61,109 @@ pub enum StoreError {
 /// Products in the database; cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct ProductStore {
-    pool: PgPool,
+    database: Database,
 }
 
+const INSERT: &str =
+    "INSERT INTO products (id, sku, name, description, price_minor, currency, stock)
+                      VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
 impl ProductStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(database: Database) -> Self {
+        Self { database }
     }
 
     #[tracing::instrument(skip_all, fields(sku = product.sku.as_str()))]
     pub async fn insert(&self, product: &NewProduct) -> Result<Product, StoreError> {
-        sqlx::query_as::<_, Product>(
-            "INSERT INTO products (id, sku, name, description, price_minor, currency, stock)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             RETURNING *",
-        )
-        .bind(Uuid::now_v7())
-        .bind(product.sku.as_str())
-        .bind(product.name.as_str())
-        .bind(&product.description)
-        .bind(product.price.amount_minor)
-        .bind(product.price.currency.code())
-        .bind(product.stock.value())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|error| match error.as_database_error() {
-            Some(db) if db.is_unique_violation() => {
-                StoreError::DuplicateSku(product.sku.as_str().to_owned())
-            }
-            _ => StoreError::Database(error),
-        })
+        let new = product.clone();
+        self.database
+            .run(move |pool| async move {
+                sqlx::query_as::<_, Product>(&format!("{INSERT} RETURNING *"))
+                    .bind(Uuid::now_v7())
+                    .bind(new.sku.as_str())
+                    .bind(new.name.as_str())
+                    .bind(&new.description)
+                    .bind(new.price.amount_minor)
+                    .bind(new.price.currency.code())
+                    .bind(new.stock.value())
+                    .fetch_one(&pool)
+                    .await
+            })
+            .await
+            .map_err(|error| match error.as_database_error() {
+                Some(db) if db.is_unique_violation() => {
+                    StoreError::DuplicateSku(product.sku.as_str().to_owned())
+                }
+                _ => StoreError::Database(error),
+            })
     }
 
     /// Inserts unless the SKU exists; `true` when inserted. For seeding.
     pub async fn insert_if_absent(&self, product: &NewProduct) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO products (id, sku, name, description, price_minor, currency, stock)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (sku) DO NOTHING",
-        )
-        .bind(Uuid::now_v7())
-        .bind(product.sku.as_str())
-        .bind(product.name.as_str())
-        .bind(&product.description)
-        .bind(product.price.amount_minor)
-        .bind(product.price.currency.code())
-        .bind(product.stock.value())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
+        let new = product.clone();
+        let inserted = self
+            .database
+            .run(move |pool| async move {
+                sqlx::query(&format!("{INSERT} ON CONFLICT (sku) DO NOTHING"))
+                    .bind(Uuid::now_v7())
+                    .bind(new.sku.as_str())
+                    .bind(new.name.as_str())
+                    .bind(&new.description)
+                    .bind(new.price.amount_minor)
+                    .bind(new.price.currency.code())
+                    .bind(new.stock.value())
+                    .execute(&pool)
+                    .await
+            })
+            .await?;
+        Ok(inserted.rows_affected() == 1)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
-        sqlx::query_as::<_, Product>("SELECT * FROM products WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
+        self.database
+            .run(move |pool| async move {
+                sqlx::query_as::<_, Product>("SELECT * FROM products WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+            })
             .await?
             .ok_or(StoreError::NotFound(id))
     }
 
     /// Up to `limit` products after `after` (exclusive), in id (= creation) order.
     pub async fn page(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<Product>, StoreError> {
-        Ok(sqlx::query_as::<_, Product>(
-            "SELECT * FROM products
-             WHERE $1::uuid IS NULL OR id > $1
-             ORDER BY id
-             LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(self
+            .database
+            .run(move |pool| async move {
+                sqlx::query_as::<_, Product>(
+                    "SELECT * FROM products
+                     WHERE $1::uuid IS NULL OR id > $1
+                     ORDER BY id
+                     LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&pool)
+                .await
+            })
+            .await?)
     }
 
     /// The products among `ids` that exist, in id order.
     pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Product>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, Product>("SELECT * FROM products WHERE id = ANY($1) ORDER BY id")
+        let ids = ids.to_vec();
+        Ok(self
+            .database
+            .run(move |pool| async move {
+                sqlx::query_as::<_, Product>(
+                    "SELECT * FROM products WHERE id = ANY($1) ORDER BY id",
+                )
                 .bind(ids)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+                .fetch_all(&pool)
+                .await
+            })
+            .await?)
     }
 
     /// Applies `changes` if the product is at an `expected` version; bumps the version.
@@ -155,27 +175,33 @@ impl ProductStore {
         expected: &Expected,
         changes: &ProductChanges,
     ) -> Result<Product, StoreError> {
-        let updated = sqlx::query_as::<_, Product>(
-            "UPDATE products SET
-                 name        = COALESCE($3, name),
-                 description = COALESCE($4, description),
-                 price_minor = COALESCE($5, price_minor),
-                 currency    = COALESCE($6, currency),
-                 stock       = COALESCE($7, stock),
-                 version     = version + 1,
-                 updated_at  = now()
-             WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2))
-             RETURNING *",
-        )
-        .bind(id)
-        .bind(expected_versions(expected))
-        .bind(changes.name.as_ref().map(|n| n.as_str()))
-        .bind(changes.description.as_deref())
-        .bind(changes.price.map(|p| p.amount_minor))
-        .bind(changes.price.map(|p| p.currency.code()))
-        .bind(changes.stock.map(|s| s.value()))
-        .fetch_optional(&self.pool)
-        .await?;
+        let (versions, changes) = (expected_versions(expected), changes.clone());
+        let updated = self
+            .database
+            .run(move |pool| async move {
+                sqlx::query_as::<_, Product>(
+                    "UPDATE products SET
+                         name        = COALESCE($3, name),
+                         description = COALESCE($4, description),
+                         price_minor = COALESCE($5, price_minor),
+                         currency    = COALESCE($6, currency),
+                         stock       = COALESCE($7, stock),
+                         version     = version + 1,
+                         updated_at  = now()
+                     WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2))
+                     RETURNING *",
+                )
+                .bind(id)
+                .bind(versions)
+                .bind(changes.name.as_ref().map(ProductName::as_str))
+                .bind(changes.description.as_deref())
+                .bind(changes.price.map(|p| p.amount_minor))
+                .bind(changes.price.map(|p| p.currency.code()))
+                .bind(changes.stock.map(Stock::value))
+                .fetch_optional(&pool)
+                .await
+            })
+            .await?;
         match updated {
             Some(product) => Ok(product),
             None => Err(self.why_unchanged(id).await),
@@ -185,15 +211,21 @@ impl ProductStore {
     /// Deletes the product if it is at an `expected` version.
     #[tracing::instrument(skip(self))]
     pub async fn delete(&self, id: Uuid, expected: &Expected) -> Result<(), StoreError> {
-        let deleted = sqlx::query(
-            "DELETE FROM products WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2))",
-        )
-        .bind(id)
-        .bind(expected_versions(expected))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if deleted == 1 {
+        let versions = expected_versions(expected);
+        let deleted = self
+            .database
+            .run(move |pool| async move {
+                sqlx::query(
+                    "DELETE FROM products
+                     WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2))",
+                )
+                .bind(id)
+                .bind(versions)
+                .execute(&pool)
+                .await
+            })
+            .await?;
+        if deleted.rows_affected() == 1 {
             Ok(())
         } else {
             Err(self.why_unchanged(id).await)
@@ -202,9 +234,14 @@ impl ProductStore {
 
     /// After a conditional write matched no row: the product is gone, or at another version.
     async fn why_unchanged(&self, id: Uuid) -> StoreError {
-        let current = sqlx::query_scalar::<_, i64>("SELECT version FROM products WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
+        let current = self
+            .database
+            .run(move |pool| async move {
+                sqlx::query_scalar::<_, i64>("SELECT version FROM products WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+            })
             .await;
         match current {
             Ok(Some(current)) => StoreError::VersionMismatch { id, current },
@@ -214,10 +251,10 @@ impl ProductStore {
     }
 }
 
-fn expected_versions(expected: &Expected) -> Option<&[i64]> {
+fn expected_versions(expected: &Expected) -> Option<Vec<i64>> {
     match expected {
         Expected::Any => None,
-        Expected::Versions(versions) => Some(versions),
+        Expected::Versions(versions) => Some(versions.clone()),
     }
 }
 

@@ -70,7 +70,9 @@ const DESCRIPTION_MAX_CHARS: usize = 2000;
 
 fn parse_description(raw: &str) -> Result<String, String> {
     if raw.chars().count() > DESCRIPTION_MAX_CHARS {
-        return Err(format!("must be at most {DESCRIPTION_MAX_CHARS} characters"));
+        return Err(format!(
+            "must be at most {DESCRIPTION_MAX_CHARS} characters"
+        ));
     }
     Ok(raw.trim().to_owned())
 }
@@ -179,7 +181,13 @@ mod tests {
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["sku", "name", "price.amount_minor", "price.currency", "stock"]
+            [
+                "sku",
+                "name",
+                "price.amount_minor",
+                "price.currency",
+                "stock"
+            ]
         );
     }
 

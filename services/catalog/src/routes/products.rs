@@ -59,7 +59,9 @@ async fn list(
     let ListQuery { limit, cursor, ids } = query.into_inner();
     if let Some(ids) = ids {
         if cursor.is_some() || limit.is_some() {
-            return Err(Problem::bad_request("`ids` cannot be combined with `cursor` or `limit`"));
+            return Err(Problem::bad_request(
+                "`ids` cannot be combined with `cursor` or `limit`",
+            ));
         }
         let ids = parse_ids(&ids)?;
         let items = store.get_many(&ids).await?;
@@ -91,8 +93,9 @@ fn parse_ids(raw: &str) -> Result<Vec<Uuid>, Problem> {
         .map(str::trim)
         .filter(|id| !id.is_empty())
         .map(|id| {
-            Uuid::parse_str(id)
-                .map_err(|_| Problem::bad_request(format!("`ids` contains `{id}`, which is not a UUID")))
+            Uuid::parse_str(id).map_err(|_| {
+                Problem::bad_request(format!("`ids` contains `{id}`, which is not a UUID"))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if ids.is_empty() || ids.len() > MAX_LIMIT as usize {
@@ -183,7 +186,9 @@ async fn update(
     let changes = ProductChanges::parse(
         body.name.as_deref(),
         body.description.as_deref(),
-        body.price.as_ref().map(|p| (p.amount_minor, p.currency.as_str())),
+        body.price
+            .as_ref()
+            .map(|p| (p.amount_minor, p.currency.as_str())),
         body.stock,
     )
     .map_err(|errors| Problem::validation(&errors))?;

@@ -1,1 +1,7 @@
+//! Catalog integration tests: each spawns the real application on port 0 against its own
+//! fresh PostgreSQL database (see `dockyard-testkit`). `TEST_LOG=1` shows the app's logs.
 
+mod health;
+mod helpers;
+mod process;
+mod products;

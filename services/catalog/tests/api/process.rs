@@ -1,0 +1,289 @@
+//! Tests of the `catalog` binary as an OS process: exit codes, one-off commands, JSON logs on
+//! stdout, and graceful shutdown on SIGTERM.
+
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use dockyard_testkit::TestDatabase;
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+use crate::helpers::client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_catalog");
+
+/// The binary with an empty environment plus `vars`.
+fn catalog(vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .envs(vars.iter().copied())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    catalog(vars)
+        .args(args)
+        .output()
+        .await
+        .expect("running catalog")
+}
+
+#[tokio::test]
+async fn missing_or_malformed_configuration_exits_2_naming_the_variable() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[], "DATABASE_URL"),
+        (
+            &[("DATABASE_URL", "mysql://root@localhost/x")],
+            "DATABASE_URL",
+        ),
+        (
+            &[("DATABASE_URL", "postgres://localhost/x"), ("PORT", "http")],
+            "PORT",
+        ),
+        (
+            &[
+                ("DATABASE_URL", "postgres://localhost/x"),
+                ("LOG_FORMAT", "xml"),
+            ],
+            "LOG_FORMAT",
+        ),
+    ];
+    for (vars, variable) in cases {
+        let output = run(vars, &[]).await;
+
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{vars:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(variable),
+            "{vars:?} should name {variable}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn secrets_in_urls_are_never_printed() {
+    // An unreachable server: migrate fails and reports the URL it tried.
+    let url = "postgres://app:hunter2@127.0.0.1:1/catalog";
+
+    let output = run(&[("DATABASE_URL", url)], &["migrate"]).await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(printed.contains("app:***@127.0.0.1:1"), "{printed}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+}
+
+#[tokio::test]
+async fn an_unknown_command_exits_2_with_usage() {
+    let output = run(&[], &["migrat"]).await;
+
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("usage: catalog"));
+}
+
+#[tokio::test]
+async fn migrate_and_seed_are_idempotent_one_off_commands() {
+    let db = TestDatabase::create("catalog").await;
+    let env = [("DATABASE_URL", db.url())];
+
+    for command in ["migrate", "migrate", "seed", "seed"] {
+        let output = run(&env, &[command]).await;
+        assert!(
+            output.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let pool = db.pool().await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 6, "seeding twice inserts the demo catalog once");
+}
+
+/// A `catalog serve` process whose stdout is collected line by line.
+struct Served {
+    child: Child,
+    port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+async fn serve(database_url: &str, extra: &[(&str, &str)]) -> Served {
+    let mut vars = vec![
+        ("DATABASE_URL", database_url),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+    ];
+    vars.extend_from_slice(extra);
+    let mut child = catalog(&vars)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning catalog");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (port_tx, mut port_rx) = mpsc::unbounded_channel();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let collected = Arc::clone(&lines);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == "listening"
+            {
+                let address = event["address"].as_str().unwrap_or_default();
+                let _ = port_tx.send(address.rsplit(':').next().unwrap().parse::<u16>().unwrap());
+            }
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let port = tokio::time::timeout(Duration::from_secs(10), port_rx.recv())
+        .await
+        .expect("catalog logs `listening` within 10 s")
+        .expect("a port");
+    Served { child, port, lines }
+}
+
+async fn wait_until_ready(port: u16) {
+    let client = client();
+    for _ in 0..100 {
+        if let Ok(response) = client
+            .get(format!("http://127.0.0.1:{port}/health/ready"))
+            .send()
+            .await
+            && response.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("catalog never became ready");
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() {
+    // Arrange: a served catalog whose products table is locked, so a listing hangs in flight.
+    let db = TestDatabase::create("catalog").await;
+    assert!(
+        run(&[("DATABASE_URL", db.url())], &["migrate"])
+            .await
+            .status
+            .success()
+    );
+    let mut served = serve(
+        db.url(),
+        &[
+            ("SHUTDOWN_DELAY_MS", "1500"),
+            ("SHUTDOWN_TIMEOUT_SECS", "20"),
+        ],
+    )
+    .await;
+    wait_until_ready(served.port).await;
+    let pool = db.pool().await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", served.port);
+    let in_flight = tokio::spawn({
+        let url = format!("{base}/products");
+        async move {
+            client()
+                .get(url)
+                .header("x-request-id", "slow-one")
+                .send()
+                .await
+        }
+    });
+    wait_for_blocked_query(&pool).await;
+
+    // Act: SIGTERM while the request waits on the lock.
+    let pid = Pid::from_raw(i32::try_from(served.child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+
+    // Readiness turns 503 first, while the listener still accepts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = client()
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    // After the delay the listener closes; the in-flight request is still waiting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the request ended before the lock was released"
+    );
+    assert!(
+        client()
+            .get(format!("{base}/health/live"))
+            .send()
+            .await
+            .is_err(),
+        "no new connections"
+    );
+    lock.rollback().await.unwrap();
+
+    // Assert: the in-flight request completes and the process exits 0.
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.status(), 200);
+    let status = tokio::time::timeout(Duration::from_secs(10), served.child.wait())
+        .await
+        .expect("catalog exits after draining")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    // Logs: every stdout line is a JSON object; the slow request has its access-log event.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lines = served.lines.lock().unwrap().clone();
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let access = events
+        .iter()
+        .find(|e| e["span"]["request_id"] == "slow-one" && e["message"] == "request completed")
+        .expect("an access-log event for the drained request");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["span"]["route"], "/products");
+    assert_eq!(access["span"]["method"], "GET");
+    assert!(access["latency_ms"].as_f64().unwrap() > 1000.0);
+}
+
+/// Waits until a `SELECT` on products waits for the test's table lock.
+async fn wait_for_blocked_query(pool: &sqlx::PgPool) {
+    for _ in 0..200 {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE 'SELECT * FROM products%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the listing never reached the database");
+}
