@@ -7,7 +7,12 @@
 //! - [`TestDatabase`]: a fresh, uniquely named database per test on the server that
 //!   `DATABASE_URL` points at (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped
 //!   when the value is dropped, so tests run in parallel and leave nothing behind.
+//! - [`TcpProxy`]: a loopback TCP proxy a test can cut and restore, to stage an outage of a
+//!   backing service (the broker, the database) without touching the shared server.
 
+mod proxy;
+
+pub use proxy::TcpProxy;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use url::Url;
 

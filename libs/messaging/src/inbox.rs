@@ -1,0 +1,23 @@
+//! The inbox: which messages a consumer has already handled.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Records that `consumer` handles `message_id`, inside the handler's transaction. `false`
+/// means it was handled before (a redelivery): skip it. A concurrent duplicate blocks on the
+/// first one's uncommitted row and then sees it, so two deliveries never both proceed.
+pub async fn claim(
+    transaction: &mut PgConnection,
+    consumer: &str,
+    message_id: Uuid,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(message_id)
+    .execute(transaction)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}

@@ -1,0 +1,47 @@
+//! # dockyard-messaging
+//!
+//! Events between Dockyard services over RabbitMQ, with the guarantees a saga needs:
+//! nothing lost, nothing doubled.
+//!
+//! - **Publishing** goes through a transactional [`outbox`]: a service inserts the event in the
+//!   same PostgreSQL transaction as the change it describes; the [`outbox::OutboxRelay`] claims
+//!   unpublished rows with `FOR UPDATE SKIP LOCKED` (safe with many instances), publishes them
+//!   with publisher confirms and marks them sent. It wakes on `LISTEN/NOTIFY` and polls as a
+//!   fallback. While the broker is away, events simply wait in the table.
+//! - **Consuming** ([`consumer`]) acks only after the handler's transaction commits, and that
+//!   transaction records the message id in the [`inbox`], so a redelivery has no second effect.
+//!   Failing messages are retried up to the queue's delivery limit, then dead-lettered.
+//! - **Connection** ([`broker`]): lapin is supervised by a task that connects with back-off,
+//!   declares the [`topology`], hands sessions to consumers and the relay, and reconnects when
+//!   the connection drops (or was never up at start). Readiness is false while it is down.
+//!
+//! # Layout
+//! - [`config`]: `AMQP_URL` and friends.
+//! - [`envelope`]: the event envelope every message carries.
+//! - [`topology`]: exchange, quorum queues, dead-letter exchange and queues.
+//! - [`broker`]: the supervised connection and its readiness check.
+//! - [`outbox`]: enqueueing in a transaction, and the relay.
+//! - [`inbox`]: de-duplication of handled messages.
+//! - [`consumer`]: the consume loop around a service's handler.
+
+pub mod broker;
+pub mod config;
+pub mod consumer;
+pub mod envelope;
+pub mod inbox;
+pub mod outbox;
+pub mod topology;
+
+pub use broker::{Broker, BrokerCheck};
+pub use config::BrokerConfig;
+pub use consumer::{Handled, Handler, HandlerError, Subscription};
+pub use envelope::Envelope;
+pub use outbox::OutboxRelay;
+
+/// The outbox and inbox tables. Services run it from their `migrate` command, beside their own
+/// migrations (both ignore each other's versions).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}

@@ -1,0 +1,122 @@
+//! The RabbitMQ topology, declared idempotently by every service at each (re)connection.
+//!
+//! One durable topic exchange carries every event. Each consumer owns a durable quorum queue
+//! bound to the routing keys it handles, with a delivery limit and a dead-letter exchange and
+//! queue for poison messages. The whole topology is declared by every service, not only by the
+//! consumer, so an event published before its consumer first started is queued, not dropped.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+
+/// A consumer's queue: `{exchange}.{consumer}`, bound to `bindings`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSpec {
+    pub consumer: &'static str,
+    pub bindings: &'static [&'static str],
+}
+
+/// Every queue of the Dockyard saga.
+pub const QUEUES: &[QueueSpec] = &[
+    QueueSpec {
+        consumer: "catalog",
+        bindings: &["order.placed", "order.cancelled"],
+    },
+    QueueSpec {
+        consumer: "order",
+        bindings: &["stock.reserved", "stock.rejected"],
+    },
+];
+
+pub fn queue_name(exchange: &str, consumer: &str) -> String {
+    format!("{exchange}.{consumer}")
+}
+
+pub fn dead_letter_exchange(exchange: &str) -> String {
+    format!("{exchange}.dlx")
+}
+
+pub fn dead_letter_queue(exchange: &str, consumer: &str) -> String {
+    format!("{}.dlq", queue_name(exchange, consumer))
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// Declares the exchange, the dead-letter exchange, and every queue with its dead-letter queue.
+pub async fn declare(channel: &Channel, exchange: &str, delivery_limit: u32) -> lapin::Result<()> {
+    let dlx = dead_letter_exchange(exchange);
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    for spec in QUEUES {
+        let queue = queue_name(exchange, spec.consumer);
+        let dlq = dead_letter_queue(exchange, spec.consumer);
+        let mut quorum = FieldTable::default();
+        quorum.insert("x-queue-type".into(), text("quorum"));
+        channel
+            .queue_declare(dlq.as_str().into(), durable_queue(), quorum.clone())
+            .await?;
+        channel
+            .queue_bind(
+                dlq.as_str().into(),
+                dlx.as_str().into(),
+                queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = quorum;
+        arguments.insert("x-dead-letter-exchange".into(), text(&dlx));
+        arguments.insert("x-dead-letter-routing-key".into(), text(&queue));
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(i32::try_from(delivery_limit).unwrap_or(i32::MAX)),
+        );
+        channel
+            .queue_declare(queue.as_str().into(), durable_queue(), arguments)
+            .await?;
+        for key in spec.bindings {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.into(),
+                    (*key).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
