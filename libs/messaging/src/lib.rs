@@ -23,6 +23,7 @@
 //! - [`outbox`]: enqueueing in a transaction, and the relay.
 //! - [`inbox`]: de-duplication of handled messages.
 //! - [`consumer`]: the consume loop around a service's handler.
+//! - `testing` (feature `testing`): a private exchange per test and an event probe.
 
 pub mod broker;
 pub mod config;
@@ -30,6 +31,8 @@ pub mod consumer;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topology;
 
 pub use broker::{Broker, BrokerCheck};

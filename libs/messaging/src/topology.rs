@@ -120,3 +120,25 @@ pub async fn declare(channel: &Channel, exchange: &str, delivery_limit: u32) -> 
     }
     Ok(())
 }
+
+/// Deletes every queue and exchange [`declare`] creates for `exchange`. For tests and for
+/// tearing down an environment; never called by a running service.
+pub async fn delete(channel: &Channel, exchange: &str) -> lapin::Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    for spec in QUEUES {
+        for queue in [
+            queue_name(exchange, spec.consumer),
+            dead_letter_queue(exchange, spec.consumer),
+        ] {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+    }
+    for name in [exchange.to_owned(), dead_letter_exchange(exchange)] {
+        channel
+            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}

@@ -5,24 +5,19 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use dockyard_messaging::{
     Broker, BrokerConfig, Envelope, Handler, HandlerError, OutboxRelay, Subscription, outbox,
+    testing::{TestExchange, amqp_url},
     topology,
 };
 use dockyard_runtime::config;
 use dockyard_testkit::{TcpProxy, TestDatabase};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
-    options::{
-        BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-    },
+    options::{BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
 
 /// Records each applied event in `effects`; `stock.rejected` with `{"poison": true}` is
 /// permanently invalid.
@@ -55,7 +50,8 @@ impl Handler for RecordEffects {
 struct Fixture {
     db: TestDatabase,
     pool: PgPool,
-    exchange: String,
+    /// Deleted with every queue on drop, even when the test fails.
+    exchange: TestExchange,
     shutdown: CancellationToken,
 }
 
@@ -71,7 +67,7 @@ impl Fixture {
         Self {
             db,
             pool,
-            exchange: format!("test.{}", Uuid::new_v4().simple()),
+            exchange: TestExchange::new(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -79,7 +75,7 @@ impl Fixture {
     fn broker_config(&self, url: &str) -> BrokerConfig {
         config::from_vars([
             ("AMQP_URL", url),
-            ("AMQP_EXCHANGE", self.exchange.as_str()),
+            ("AMQP_EXCHANGE", self.exchange.name()),
             ("AMQP_DELIVERY_LIMIT", "3"),
         ])
         .unwrap()
@@ -141,7 +137,7 @@ impl Fixture {
         let channel = connection.create_channel().await.unwrap();
         channel
             .basic_publish(
-                self.exchange.as_str().into(),
+                self.exchange.name().into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
@@ -165,7 +161,7 @@ impl Fixture {
         };
         let queue = channel
             .queue_declare(
-                topology::dead_letter_queue(&self.exchange, "order")
+                topology::dead_letter_queue(self.exchange.name(), "order")
                     .as_str()
                     .into(),
                 passive,
@@ -181,32 +177,6 @@ impl Fixture {
         self.shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(200)).await;
         broker.close().await;
-        // Leave nothing behind on the shared broker.
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        for spec in topology::QUEUES {
-            for queue in [
-                topology::queue_name(&self.exchange, spec.consumer),
-                topology::dead_letter_queue(&self.exchange, spec.consumer),
-            ] {
-                channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await
-                    .unwrap();
-            }
-        }
-        for exchange in [
-            self.exchange.clone(),
-            topology::dead_letter_exchange(&self.exchange),
-        ] {
-            channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await
-                .unwrap();
-        }
-        let _ = connection.close(200, "done".into()).await;
         drop(self.db);
     }
 }

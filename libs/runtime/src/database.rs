@@ -102,6 +102,11 @@ impl Database {
         }
     }
 
+    /// The pool itself, for work that already runs on the main runtime (background tasks).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Waits for checked-out connections to return, then closes them.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -124,14 +129,17 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
-/// Applies `migrator` (embedded with `sqlx::migrate!`) and reports how many ran.
+/// Applies each migrator (embedded with `sqlx::migrate!`, with `set_ignore_missing(true)` so
+/// that a service's and a library's migrations can share one database).
 pub async fn migrate(
     pool: &PgPool,
-    migrator: &Migrator,
+    migrators: &[Migrator],
 ) -> Result<(), sqlx::migrate::MigrateError> {
-    migrator.run(pool).await?;
-    let applied = migrator.iter().count();
-    tracing::info!(migrations = applied, "database schema is up to date");
+    for migrator in migrators {
+        migrator.run(pool).await?;
+    }
+    let known: usize = migrators.iter().map(|m| m.iter().count()).sum();
+    tracing::info!(migrations = known, "database schema is up to date");
     Ok(())
 }
 

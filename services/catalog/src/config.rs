@@ -1,6 +1,7 @@
 //! Catalog settings: every one from an environment variable, each with a default in code
-//! except `DATABASE_URL`.
+//! except `DATABASE_URL` and `AMQP_URL`.
 
+use dockyard_messaging::BrokerConfig;
 use dockyard_runtime::{
     config::{ConfigError, from_env},
     database::DatabaseConfig,
@@ -13,6 +14,7 @@ use dockyard_runtime::{
 pub struct Settings {
     pub http: HttpConfig,
     pub database: DatabaseConfig,
+    pub broker: BrokerConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -22,9 +24,11 @@ impl Settings {
         let settings = Self {
             http: from_env()?,
             database: from_env()?,
+            broker: from_env()?,
             telemetry: from_env()?,
         };
         settings.database.connect_options()?;
+        settings.broker.validate()?;
         Ok(settings)
     }
 }

@@ -1,20 +1,24 @@
-//! Assembles the catalog process: a lazy pool, health with a database check, and the routes.
+//! Assembles the catalog process: a lazy pool, the supervised broker connection, health with
+//! database and broker checks, the routes, and the saga's consumer and outbox relay.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
+use dockyard_messaging::{Broker, BrokerCheck, OutboxRelay, Subscription};
 use dockyard_runtime::{
     database::{Database, DatabaseCheck},
     health::Health,
     metrics::Metrics,
     server,
 };
+use tokio_util::sync::CancellationToken;
 
-use crate::{SERVICE, config::Settings, routes, store::ProductStore};
+use crate::{SERVICE, config::Settings, events::OrderEvents, routes, store::ProductStore};
 
 /// A bound, ready-to-run catalog.
 pub struct Application {
     server: server::Server,
     database: Database,
+    broker: Broker,
 }
 
 impl std::fmt::Debug for Application {
@@ -26,26 +30,51 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Binds the listener. Does not touch the database: the pool connects on first use.
+    /// Binds the listener and starts connecting to the broker. Touches neither the database
+    /// nor the broker synchronously: both are awaited in the background.
     pub fn build(settings: &Settings) -> anyhow::Result<Self> {
         let database = Database::new(settings.database.connect_lazy()?);
-        let health = Health::new(SERVICE).with_check(DatabaseCheck::new(database.clone()));
+        let broker = Broker::start(settings.broker.clone());
+        let health = Health::new(SERVICE)
+            .with_check(DatabaseCheck::new(database.clone()))
+            .with_check(BrokerCheck(broker.clone()));
         let store = ProductStore::new(database.clone());
         let server = server::bind(&settings.http, health, Metrics::new(), move |config| {
             routes::configure(config, store.clone());
         })?;
-        Ok(Self { server, database })
+        Ok(Self {
+            server,
+            database,
+            broker,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.server.port()
     }
 
-    /// Serves until `shutdown` resolves, drains, then closes the pool.
+    /// Serves and consumes until `shutdown` resolves. Then, in order: HTTP drains, the
+    /// consumer finishes and acks its current message, the relay publishes what is pending,
+    /// the broker connection closes, the pool closes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        self.server.run_until_stopped(shutdown).await?;
+        let workers = CancellationToken::new();
+        let pool = self.database.pool().clone();
+        let relay =
+            tokio::spawn(OutboxRelay::new(pool.clone(), self.broker.clone()).run(workers.clone()));
+        let consumer = tokio::spawn(
+            Subscription {
+                consumer: SERVICE,
+                handler: Arc::new(OrderEvents),
+            }
+            .run(pool, self.broker.clone(), workers.clone()),
+        );
+        let served = self.server.run_until_stopped(shutdown).await;
+        workers.cancel();
+        let _ = consumer.await;
+        let _ = relay.await;
+        self.broker.close().await;
         self.database.close().await;
-        tracing::info!("database pool closed; bye");
-        Ok(())
+        tracing::info!("broker and database closed; bye");
+        Ok(served?)
     }
 }

@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    MIGRATOR,
     domain::{NewProduct, ProductChanges, ProductName, Stock},
+    migrators,
 };
 
 /// A stored product, as the API shows it.
@@ -263,7 +263,7 @@ pub async fn migrate(config: &DatabaseConfig) -> anyhow::Result<()> {
     let pool = database::connect(config)
         .await
         .with_context(|| format!("connecting to {}", config.database_url))?;
-    database::migrate(&pool, &MIGRATOR).await?;
+    database::migrate(&pool, &migrators()).await?;
     pool.close().await;
     Ok(())
 }

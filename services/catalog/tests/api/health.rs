@@ -1,5 +1,7 @@
 use serde_json::Value;
 
+use dockyard_messaging::testing::TestExchange;
+
 use crate::helpers::{client, settings, spawn_app, start};
 
 #[tokio::test]
@@ -16,20 +18,29 @@ async fn live_reports_the_service_and_its_release() {
 }
 
 #[tokio::test]
-async fn ready_checks_the_database() {
+async fn ready_checks_the_database_and_the_broker() {
     let app = spawn_app().await;
 
-    let response = app.get("/health/ready").await;
+    let mut response = app.get("/health/ready").await;
+    for _ in 0..50 {
+        if response.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        response = app.get("/health/ready").await;
+    }
 
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["checks"]["database"]["status"], "up");
+    assert_eq!(body["checks"]["broker"]["status"], "up");
 }
 
 #[tokio::test]
 async fn the_service_starts_without_its_database_and_reports_not_ready() {
     // Nothing listens on port 1: the database is "not up yet".
-    let settings = settings("postgres://postgres@127.0.0.1:1/nothing");
+    let exchange = TestExchange::new();
+    let settings = settings("postgres://postgres@127.0.0.1:1/nothing", &exchange);
     let (address, _stop) = start(&settings);
     let client = client();
 
@@ -56,7 +67,8 @@ async fn the_service_starts_without_its_database_and_reports_not_ready() {
 
 #[tokio::test]
 async fn a_database_outage_is_a_503_with_retry_after_not_a_500() {
-    let settings = settings("postgres://postgres@127.0.0.1:1/nothing");
+    let exchange = TestExchange::new();
+    let settings = settings("postgres://postgres@127.0.0.1:1/nothing", &exchange);
     let (address, _stop) = start(&settings);
 
     let response = client()

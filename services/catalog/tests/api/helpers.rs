@@ -3,6 +3,7 @@
 use std::sync::Once;
 
 use catalog::{config::Settings, startup::Application, store};
+use dockyard_messaging::testing::{TestExchange, amqp_url};
 use dockyard_runtime::{config, server::HttpConfig, telemetry};
 use dockyard_testkit::TestDatabase;
 use reqwest::{Response, header};
@@ -27,16 +28,22 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub db: TestDatabase,
+    pub exchange: TestExchange,
     /// Dropping it stops the server.
     _stop: oneshot::Sender<()>,
 }
 
-/// Settings for an app on a free loopback port using `database_url`.
-pub fn settings(database_url: &str) -> Settings {
+/// Settings for an app on a free loopback port using `database_url` and `exchange`.
+pub fn settings(database_url: &str, exchange: &TestExchange) -> Settings {
     Settings {
         http: HttpConfig::ephemeral(),
         database: config::from_vars([("DATABASE_URL", database_url)])
             .expect("a valid test DATABASE_URL"),
+        broker: config::from_vars([
+            ("AMQP_URL", amqp_url().as_str()),
+            ("AMQP_EXCHANGE", exchange.name()),
+        ])
+        .expect("a valid test AMQP_URL"),
         telemetry: telemetry::TelemetryConfig::default(),
     }
 }
@@ -44,7 +51,8 @@ pub fn settings(database_url: &str) -> Settings {
 /// Starts a catalog on a migrated fresh database.
 pub async fn spawn_app() -> TestApp {
     let db = TestDatabase::create("catalog").await;
-    let settings = settings(db.url());
+    let exchange = TestExchange::new();
+    let settings = settings(db.url(), &exchange);
     store::migrate(&settings.database)
         .await
         .expect("migrating the test database");
@@ -53,6 +61,7 @@ pub async fn spawn_app() -> TestApp {
         address,
         client: client(),
         db,
+        exchange,
         _stop: stop,
     }
 }
@@ -88,6 +97,11 @@ pub fn product_body(sku: &str) -> Value {
 }
 
 impl TestApp {
+    /// Starts another instance on the same database and exchange (competing consumers).
+    pub fn spawn_replica(&self) -> oneshot::Sender<()> {
+        start(&settings(self.db.url(), &self.exchange)).1
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -16,6 +16,8 @@ use tokio::{
     sync::mpsc,
 };
 
+use dockyard_messaging::testing::{TestExchange, amqp_url};
+
 use crate::helpers::client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_catalog");
@@ -40,23 +42,18 @@ async fn run(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn missing_or_malformed_configuration_exits_2_naming_the_variable() {
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    const DB: (&str, &str) = ("DATABASE_URL", "postgres://localhost/x");
+    const AMQP: (&str, &str) = ("AMQP_URL", "amqp://localhost:5672/%2f");
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (&[], "DATABASE_URL"),
         (
-            &[("DATABASE_URL", "mysql://root@localhost/x")],
+            &[("DATABASE_URL", "mysql://root@localhost/x"), AMQP],
             "DATABASE_URL",
         ),
-        (
-            &[("DATABASE_URL", "postgres://localhost/x"), ("PORT", "http")],
-            "PORT",
-        ),
-        (
-            &[
-                ("DATABASE_URL", "postgres://localhost/x"),
-                ("LOG_FORMAT", "xml"),
-            ],
-            "LOG_FORMAT",
-        ),
+        (&[DB], "AMQP_URL"),
+        (&[DB, ("AMQP_URL", "http://localhost")], "AMQP_URL"),
+        (&[DB, AMQP, ("PORT", "http")], "PORT"),
+        (&[DB, AMQP, ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
     ];
     for (vars, variable) in cases {
         let output = run(vars, &[]).await;
@@ -76,7 +73,14 @@ async fn secrets_in_urls_are_never_printed() {
     // An unreachable server: migrate fails and reports the URL it tried.
     let url = "postgres://app:hunter2@127.0.0.1:1/catalog";
 
-    let output = run(&[("DATABASE_URL", url)], &["migrate"]).await;
+    let output = run(
+        &[
+            ("DATABASE_URL", url),
+            ("AMQP_URL", "amqp://guest:s3cret@127.0.0.1:1/%2f"),
+        ],
+        &["migrate"],
+    )
+    .await;
 
     assert_eq!(output.status.code(), Some(1));
     let printed = format!(
@@ -86,6 +90,7 @@ async fn secrets_in_urls_are_never_printed() {
     );
     assert!(printed.contains("app:***@127.0.0.1:1"), "{printed}");
     assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(!printed.contains("s3cret"), "{printed}");
 }
 
 #[tokio::test]
@@ -99,7 +104,8 @@ async fn an_unknown_command_exits_2_with_usage() {
 #[tokio::test]
 async fn migrate_and_seed_are_idempotent_one_off_commands() {
     let db = TestDatabase::create("catalog").await;
-    let env = [("DATABASE_URL", db.url())];
+    let amqp = amqp_url();
+    let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
 
     for command in ["migrate", "migrate", "seed", "seed"] {
         let output = run(&env, &[command]).await;
@@ -125,9 +131,12 @@ struct Served {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
-async fn serve(database_url: &str, extra: &[(&str, &str)]) -> Served {
+async fn serve(database_url: &str, exchange: &TestExchange, extra: &[(&str, &str)]) -> Served {
+    let amqp = amqp_url();
     let mut vars = vec![
         ("DATABASE_URL", database_url),
+        ("AMQP_URL", amqp.as_str()),
+        ("AMQP_EXCHANGE", exchange.name()),
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
     ];
@@ -178,14 +187,13 @@ async fn wait_until_ready(port: u16) {
 async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() {
     // Arrange: a served catalog whose products table is locked, so a listing hangs in flight.
     let db = TestDatabase::create("catalog").await;
-    assert!(
-        run(&[("DATABASE_URL", db.url())], &["migrate"])
-            .await
-            .status
-            .success()
-    );
+    let exchange = TestExchange::new();
+    let amqp = amqp_url();
+    let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
+    assert!(run(&env, &["migrate"]).await.status.success());
     let mut served = serve(
         db.url(),
+        &exchange,
         &[
             ("SHUTDOWN_DELAY_MS", "1500"),
             ("SHUTDOWN_TIMEOUT_SECS", "20"),

@@ -1,0 +1,193 @@
+//! The catalog's part of the order saga: order events in, stock events out, through the real
+//! RabbitMQ (a private exchange per test) and PostgreSQL.
+
+use std::time::Duration;
+
+use dockyard_messaging::Envelope;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, spawn_app};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn order_placed(order_id: Uuid, lines: &[(&str, i32)]) -> Envelope {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(product_id, quantity)| json!({"product_id": product_id, "quantity": quantity}))
+        .collect();
+    Envelope::new(
+        "order.placed",
+        order_id,
+        &json!({"order_id": order_id, "lines": lines}),
+    )
+}
+
+async fn stock_of(app: &TestApp, id: &str) -> i64 {
+    let product: Value = app
+        .get(&format!("/products/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    product["stock"].as_i64().unwrap()
+}
+
+async fn product_id(app: &TestApp, sku: &str, stock: i64) -> String {
+    let mut body = crate::helpers::product_body(sku);
+    body["stock"] = json!(stock);
+    let response = app.post_product(&body).await;
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_order_that_fits_reserves_stock_and_answers_with_authoritative_prices() {
+    let app = spawn_app().await;
+    let mug = product_id(&app, "MUG", 10).await;
+    let tee = product_id(&app, "TEE", 5).await;
+    let mut events = app.exchange.probe("stock.*").await;
+    let order_id = Uuid::now_v7();
+    let placed = order_placed(order_id, &[(&mug, 2), (&tee, 1), (&mug, 1)]);
+
+    app.exchange.publish(&placed).await;
+
+    let reply = events.next(WAIT).await;
+    assert_eq!(reply.kind, "stock.reserved");
+    assert_eq!(reply.correlation_id, order_id);
+    assert_eq!(reply.causation_id, Some(placed.id));
+    assert_eq!(
+        reply.payload["total_minor"],
+        4 * 1299,
+        "3 mugs + 1 tee at 12.99"
+    );
+    assert_eq!(reply.payload["currency"], "EUR");
+    assert_eq!(stock_of(&app, &mug).await, 7);
+    assert_eq!(stock_of(&app, &tee).await, 4);
+}
+
+#[tokio::test]
+async fn an_order_that_does_not_fit_reserves_nothing_and_says_why() {
+    let app = spawn_app().await;
+    let mug = product_id(&app, "MUG", 10).await;
+    let tee = product_id(&app, "TEE", 1).await;
+    let mut events = app.exchange.probe("stock.*").await;
+
+    app.exchange
+        .publish(&order_placed(Uuid::now_v7(), &[(&mug, 2), (&tee, 2)]))
+        .await;
+    app.exchange
+        .publish(&order_placed(
+            Uuid::now_v7(),
+            &[(&Uuid::now_v7().to_string(), 1)],
+        ))
+        .await;
+
+    let short = events.next(WAIT).await;
+    let unknown = events.next(WAIT).await;
+    assert_eq!(short.kind, "stock.rejected");
+    assert!(
+        short.payload["reason"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient stock"),
+        "{}",
+        short.payload
+    );
+    assert_eq!(unknown.kind, "stock.rejected");
+    assert!(
+        unknown.payload["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{}",
+        unknown.payload
+    );
+    assert_eq!(stock_of(&app, &mug).await, 10, "all or nothing");
+    assert_eq!(stock_of(&app, &tee).await, 1);
+}
+
+#[tokio::test]
+async fn cancelling_releases_exactly_what_was_reserved_once() {
+    let app = spawn_app().await;
+    let mug = product_id(&app, "MUG", 10).await;
+    let mut events = app.exchange.probe("stock.*").await;
+    let order_id = Uuid::now_v7();
+    app.exchange
+        .publish(&order_placed(order_id, &[(&mug, 3)]))
+        .await;
+    assert_eq!(events.next(WAIT).await.kind, "stock.reserved");
+    let cancelled = Envelope::new("order.cancelled", order_id, &json!({"order_id": order_id}));
+
+    app.exchange.publish(&cancelled).await;
+    app.exchange.publish(&cancelled).await; // redelivered: no second release
+    let other = Envelope::new("order.cancelled", order_id, &json!({"order_id": order_id}));
+    app.exchange.publish(&other).await; // a second cancellation: nothing left to release
+
+    let mut stock = 0;
+    for _ in 0..100 {
+        stock = stock_of(&app, &mug).await;
+        if stock == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stock, 10);
+    assert_eq!(
+        stock_of(&app, &mug).await,
+        10,
+        "released once, not three times"
+    );
+}
+
+#[tokio::test]
+async fn a_placement_arriving_after_its_cancellation_reserves_nothing() {
+    let app = spawn_app().await;
+    let mug = product_id(&app, "MUG", 10).await;
+    let mut events = app.exchange.probe("stock.*").await;
+    let order_id = Uuid::now_v7();
+
+    app.exchange
+        .publish(&Envelope::new(
+            "order.cancelled",
+            order_id,
+            &json!({"order_id": order_id}),
+        ))
+        .await;
+    app.exchange
+        .publish(&order_placed(order_id, &[(&mug, 3)]))
+        .await;
+
+    let reply = events.next(WAIT).await;
+    assert_eq!(reply.kind, "stock.rejected");
+    assert_eq!(stock_of(&app, &mug).await, 10);
+}
+
+#[tokio::test]
+async fn fifty_orders_for_ten_in_stock_on_two_competing_instances_reserve_exactly_ten() {
+    let app = spawn_app().await;
+    let _replica = app.spawn_replica(); // two instances consume the queue concurrently
+    let mug = product_id(&app, "MUG", 10).await;
+    let mut events = app.exchange.probe("stock.*").await;
+
+    for _ in 0..50 {
+        app.exchange
+            .publish(&order_placed(Uuid::now_v7(), &[(&mug, 1)]))
+            .await;
+    }
+
+    let mut reserved = 0;
+    let mut rejected = 0;
+    for _ in 0..50 {
+        match events.next(WAIT).await.kind.as_str() {
+            "stock.reserved" => reserved += 1,
+            _ => rejected += 1,
+        }
+    }
+    assert_eq!((reserved, rejected), (10, 40));
+    assert_eq!(stock_of(&app, &mug).await, 0);
+}
