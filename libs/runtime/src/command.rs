@@ -53,6 +53,46 @@ impl fmt::Display for Command {
     }
 }
 
+/// The whole `main` of a service binary: parses the command, answers `healthcheck` (which
+/// needs only `PORT`), loads the settings with `load` (exit 2 naming the variable on error),
+/// sets up logging, then runs the command with `run` (exit 0, or 1 with the cause logged).
+pub async fn run_service<S, Fut>(
+    service: &'static str,
+    commands: &[Command],
+    load: impl FnOnce() -> Result<S, crate::config::ConfigError>,
+    run: impl FnOnce(Command, S) -> Fut,
+) -> std::process::ExitCode
+where
+    Fut: std::future::Future<Output = crate::exit::CommandResult>,
+{
+    use crate::{config, exit, healthcheck, server::HttpConfig, telemetry};
+
+    let command = match Command::from_args(std::env::args().skip(1)) {
+        Ok(command) if commands.contains(&command) => command,
+        Ok(command) => {
+            let message = format!("`{command}` is not a command of {service}");
+            return exit::usage(service, &message, &Command::usage(service, commands));
+        }
+        Err(message) => return exit::usage(service, &message, &Command::usage(service, commands)),
+    };
+    if command == Command::Healthcheck {
+        return match config::from_env::<HttpConfig>() {
+            Ok(http) => exit::from_result(
+                service,
+                healthcheck::probe(http.port).await.map_err(Into::into),
+            ),
+            Err(error) => exit::config_error(service, &error),
+        };
+    }
+    let (settings, logging) =
+        match load().and_then(|s| Ok((s, config::from_env::<telemetry::TelemetryConfig>()?))) {
+            Ok(loaded) => loaded,
+            Err(error) => return exit::config_error(service, &error),
+        };
+    telemetry::init(logging.log_format);
+    exit::from_result(service, run(command, settings).await)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,6 @@ use dockyard_runtime::{
     config::{ConfigError, from_env},
     database::DatabaseConfig,
     server::HttpConfig,
-    telemetry::TelemetryConfig,
 };
 
 /// Everything `catalog serve`, `migrate` and `seed` need.
@@ -15,7 +14,6 @@ pub struct Settings {
     pub http: HttpConfig,
     pub database: DatabaseConfig,
     pub broker: BrokerConfig,
-    pub telemetry: TelemetryConfig,
 }
 
 impl Settings {
@@ -25,7 +23,6 @@ impl Settings {
             http: from_env()?,
             database: from_env()?,
             broker: from_env()?,
-            telemetry: from_env()?,
         };
         settings.database.connect_options()?;
         settings.broker.validate()?;

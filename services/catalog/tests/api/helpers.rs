@@ -44,7 +44,6 @@ pub fn settings(database_url: &str, exchange: &TestExchange) -> Settings {
             ("AMQP_EXCHANGE", exchange.name()),
         ])
         .expect("a valid test AMQP_URL"),
-        telemetry: telemetry::TelemetryConfig::default(),
     }
 }
 

@@ -1,0 +1,70 @@
+//! Order settings, from the environment only.
+
+use dockyard_messaging::BrokerConfig;
+use dockyard_runtime::{
+    config::{ConfigError, from_env},
+    database::DatabaseConfig,
+    server::HttpConfig,
+};
+use serde::Deserialize;
+use url::Url;
+
+/// How the order service reaches the catalog: `CATALOG_URL`, `CATALOG_TIMEOUT_MS`,
+/// `CATALOG_CONNECT_TIMEOUT_MS`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogConfig {
+    /// Base URL of the catalog, e.g. `http://catalog:8080`.
+    pub catalog_url: String,
+    /// Whole pricing request; past it the order takes the alternate path (pending, priced by
+    /// the saga) rather than keep its client waiting.
+    #[serde(default = "default_timeout_ms")]
+    pub catalog_timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub catalog_connect_timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    800
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    200
+}
+
+impl CatalogConfig {
+    pub fn base_url(&self) -> Result<Url, ConfigError> {
+        let url = Url::parse(&self.catalog_url)
+            .map_err(|e| ConfigError::new("CATALOG_URL", format!("is not a valid URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ConfigError::new(
+                "CATALOG_URL",
+                "expected an http:// or https:// URL",
+            ));
+        }
+        Ok(url)
+    }
+}
+
+/// Everything `order serve` and `order migrate` need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub broker: BrokerConfig,
+    pub catalog: CatalogConfig,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let settings = Self {
+            http: from_env()?,
+            database: from_env()?,
+            broker: from_env()?,
+            catalog: from_env()?,
+        };
+        settings.database.connect_options()?;
+        settings.broker.validate()?;
+        settings.catalog.base_url()?;
+        Ok(settings)
+    }
+}

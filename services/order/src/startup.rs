@@ -1,0 +1,82 @@
+//! Assembles the order process: pool, broker, catalog client, routes, the stock-event
+//! consumer and the outbox relay; shuts them down in order.
+
+use std::{future::Future, sync::Arc};
+
+use dockyard_messaging::{Broker, BrokerCheck, OutboxRelay, Subscription};
+use dockyard_runtime::{
+    database::{Database, DatabaseCheck},
+    health::Health,
+    metrics::Metrics,
+    server,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    SERVICE, catalog::CatalogClient, config::Settings, events::StockEvents, routes,
+    store::OrderStore,
+};
+
+/// A bound, ready-to-run order service.
+pub struct Application {
+    server: server::Server,
+    database: Database,
+    broker: Broker,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds the listener; the database, broker and catalog are reached in the background.
+    pub fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let database = Database::new(settings.database.connect_lazy()?);
+        let broker = Broker::start(settings.broker.clone());
+        let catalog = CatalogClient::new(&settings.catalog)?;
+        let health = Health::new(SERVICE)
+            .with_check(DatabaseCheck::new(database.clone()))
+            .with_check(BrokerCheck(broker.clone()));
+        let store = OrderStore::new(database.clone());
+        let server = server::bind(&settings.http, health, Metrics::new(), move |config| {
+            routes::configure(config, store.clone(), catalog.clone());
+        })?;
+        Ok(Self {
+            server,
+            database,
+            broker,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// Serves until `shutdown`; then drains HTTP, stops the consumer after its current
+    /// message, flushes the relay, closes the broker and the pool.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let workers = CancellationToken::new();
+        let pool = self.database.pool().clone();
+        let relay =
+            tokio::spawn(OutboxRelay::new(pool.clone(), self.broker.clone()).run(workers.clone()));
+        let consumer = tokio::spawn(
+            Subscription {
+                consumer: SERVICE,
+                handler: Arc::new(StockEvents),
+            }
+            .run(pool, self.broker.clone(), workers.clone()),
+        );
+        let served = self.server.run_until_stopped(shutdown).await;
+        workers.cancel();
+        let _ = consumer.await;
+        let _ = relay.await;
+        self.broker.close().await;
+        self.database.close().await;
+        tracing::info!("broker and database closed; bye");
+        Ok(served?)
+    }
+}

@@ -1,0 +1,283 @@
+//! Orders in PostgreSQL: placing (with its idempotency key and its `order.placed` event in one
+//! transaction), reading, cancelling.
+
+use anyhow::Context;
+use dockyard_messaging::{Envelope, outbox};
+use dockyard_runtime::database::{self, Database, DatabaseConfig};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, types::Json};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    domain::{Line, NewOrder, Status},
+    events::{OrderCancelled, OrderPlaced},
+    migrators,
+};
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Order {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub status: Status,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    pub lines: Vec<Line>,
+    /// Known once priced: at placement when the catalog answered, else when stock is reserved.
+    pub total: Option<Total>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Total {
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    customer_id: Uuid,
+    status: String,
+    reason: Option<String>,
+    lines: Json<Vec<Line>>,
+    total_minor: Option<i64>,
+    currency: Option<String>,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl From<OrderRow> for Order {
+    fn from(row: OrderRow) -> Self {
+        Self {
+            id: row.id,
+            customer_id: row.customer_id,
+            status: Status::parse(&row.status).unwrap_or(Status::Pending),
+            reason: row.reason,
+            lines: row.lines.0,
+            total: row
+                .total_minor
+                .zip(row.currency)
+                .map(|(amount_minor, currency)| Total {
+                    amount_minor,
+                    currency,
+                }),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// The outcome of placing with an idempotency key.
+#[derive(Debug)]
+pub enum Placed {
+    /// A new order.
+    Created(Order),
+    /// The key was used before with the same request: its original response.
+    Replayed { status: u16, body: Value },
+    /// The key was used before with another request.
+    KeyReused,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("order {0} does not exist")]
+    NotFound(Uuid),
+    #[error("a {} order cannot be cancelled", .0.as_str())]
+    IllegalTransition(Status),
+    #[error("database failure")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Orders in the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OrderStore {
+    database: Database,
+}
+
+impl OrderStore {
+    pub fn new(database: Database) -> Self {
+        Self { database }
+    }
+
+    /// What an earlier request with this key got, if any.
+    pub async fn recall(&self, key: &str, request: &Value) -> Result<Option<Placed>, StoreError> {
+        let (key, request) = (key.to_owned(), request.clone());
+        Ok(self
+            .database
+            .run(move |pool| async move {
+                let mut connection = pool.acquire().await?;
+                recall(&mut connection, &key, &request).await
+            })
+            .await?)
+    }
+
+    /// Places `order` under `key`: the key, the order and its `order.placed` event are written
+    /// in one transaction. A concurrent request with the same key waits for this one and then
+    /// replays its response, so duplicates create one order.
+    #[tracing::instrument(skip_all, fields(customer_id = %order.customer_id))]
+    pub async fn place(
+        &self,
+        key: &str,
+        request: &Value,
+        order: &NewOrder,
+        total: Option<Total>,
+    ) -> Result<Placed, StoreError> {
+        let (key, request, order) = (key.to_owned(), request.clone(), order.clone());
+        Ok(self
+            .database
+            .run(move |pool| async move {
+                let mut transaction = pool.begin().await?;
+                let claimed = sqlx::query(
+                    "INSERT INTO idempotency_keys (key, request) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(&key)
+                .bind(Json(&request))
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected();
+                if claimed == 0 {
+                    transaction.rollback().await?;
+                    let mut connection = pool.acquire().await?;
+                    return Ok(recall(&mut connection, &key, &request)
+                        .await?
+                        .unwrap_or(Placed::KeyReused));
+                }
+                let id = Uuid::now_v7();
+                let row: OrderRow = sqlx::query_as(
+                    "INSERT INTO orders (id, customer_id, status, lines, total_minor, currency)
+                     VALUES ($1, $2, 'pending', $3, $4, $5)
+                     RETURNING *",
+                )
+                .bind(id)
+                .bind(order.customer_id)
+                .bind(Json(&order.lines))
+                .bind(total.as_ref().map(|t| t.amount_minor))
+                .bind(total.as_ref().map(|t| t.currency.as_str()))
+                .fetch_one(&mut *transaction)
+                .await?;
+                let placed = OrderPlaced { order_id: id, lines: order.lines.clone() };
+                outbox::enqueue(&mut transaction, &Envelope::new("order.placed", id, &placed)).await?;
+                let created = Order::from(row);
+                sqlx::query("UPDATE idempotency_keys SET status = 202, response = $2 WHERE key = $1")
+                    .bind(&key)
+                    .bind(Json(&created))
+                    .execute(&mut *transaction)
+                    .await?;
+                transaction.commit().await?;
+                Ok::<_, sqlx::Error>(Placed::Created(created))
+            })
+            .await?)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
+        self.database
+            .run(move |pool| async move {
+                sqlx::query_as::<_, OrderRow>("SELECT * FROM orders WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+            })
+            .await?
+            .map(Order::from)
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// A customer's orders after `after`, oldest first, at most `limit`.
+    pub async fn of_customer(
+        &self,
+        customer_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
+        let rows = self
+            .database
+            .run(move |pool| async move {
+                sqlx::query_as::<_, OrderRow>(
+                    "SELECT * FROM orders
+                     WHERE customer_id = $1 AND ($2::uuid IS NULL OR id > $2)
+                     ORDER BY id LIMIT $3",
+                )
+                .bind(customer_id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        Ok(rows.into_iter().map(Order::from).collect())
+    }
+
+    /// Cancels a pending or confirmed order and publishes `order.cancelled` (the catalog
+    /// releases the stock).
+    #[tracing::instrument(skip(self))]
+    pub async fn cancel(&self, id: Uuid) -> Result<Order, StoreError> {
+        self.database
+            .run(move |pool| async move {
+                let mut transaction = pool.begin().await?;
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM orders WHERE id = $1 FOR UPDATE")
+                        .bind(id)
+                        .fetch_optional(&mut *transaction)
+                        .await?;
+                let status = match status.as_deref().and_then(Status::parse) {
+                    None => return Ok(Err(StoreError::NotFound(id))),
+                    Some(status) if !status.can_cancel() => {
+                        return Ok(Err(StoreError::IllegalTransition(status)));
+                    }
+                    Some(status) => status,
+                };
+                let row: OrderRow = sqlx::query_as(
+                    "UPDATE orders SET status = 'cancelled', updated_at = now() WHERE id = $1 RETURNING *",
+                )
+                .bind(id)
+                .fetch_one(&mut *transaction)
+                .await?;
+                let cancelled = OrderCancelled { order_id: id };
+                outbox::enqueue(&mut transaction, &Envelope::new("order.cancelled", id, &cancelled)).await?;
+                transaction.commit().await?;
+                tracing::info!(was = status.as_str(), "order cancelled");
+                Ok::<_, sqlx::Error>(Ok(Order::from(row)))
+            })
+            .await?
+    }
+}
+
+/// An idempotency key's row: the request, and the response status and body once answered.
+type KeyRow = (Json<Value>, Option<i16>, Option<Json<Value>>);
+
+async fn recall(
+    connection: &mut PgConnection,
+    key: &str,
+    request: &Value,
+) -> Result<Option<Placed>, sqlx::Error> {
+    let row: Option<KeyRow> =
+        sqlx::query_as("SELECT request, status, response FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_optional(connection)
+            .await?;
+    Ok(row.map(|(Json(original), status, response)| {
+        match (original == *request, status, response) {
+            (true, Some(status), Some(Json(body))) => Placed::Replayed {
+                status: u16::try_from(status).unwrap_or(202),
+                body,
+            },
+            _ => Placed::KeyReused,
+        }
+    }))
+}
+
+/// `order migrate`: applies the embedded migrations.
+pub async fn migrate(config: &DatabaseConfig) -> anyhow::Result<()> {
+    let pool = database::connect(config)
+        .await
+        .with_context(|| format!("connecting to {}", config.database_url))?;
+    database::migrate(&pool, &migrators()).await?;
+    pool.close().await;
+    Ok(())
+}

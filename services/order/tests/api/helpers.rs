@@ -1,0 +1,258 @@
+//! A small Dockyard: catalog and order applications wired to one test exchange.
+
+use std::{sync::Once, time::Duration};
+
+use dockyard_messaging::testing::{TestExchange, amqp_url};
+use dockyard_runtime::{config, server::HttpConfig, telemetry};
+use dockyard_testkit::TestDatabase;
+use reqwest::Response;
+use serde_json::{Value, json};
+use tokio::{sync::oneshot, task::JoinHandle};
+use uuid::Uuid;
+
+static TELEMETRY: Once = Once::new();
+
+fn init_telemetry() {
+    TELEMETRY.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            telemetry::init(telemetry::LogFormat::Pretty);
+        } else {
+            telemetry::init_with_writer(telemetry::LogFormat::Json, std::io::sink);
+        }
+    });
+}
+
+/// A running application: its URL, its stop switch, and its task (finished once drained).
+pub struct Running {
+    pub address: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn run<F>(port: u16, future: F) -> Running
+where
+    F: FnOnce(oneshot::Receiver<()>) -> JoinHandle<anyhow::Result<()>>,
+{
+    let (stop, stopped) = oneshot::channel();
+    Running {
+        address: format!("http://127.0.0.1:{port}"),
+        stop,
+        task: future(stopped),
+    }
+}
+
+/// Everything a test of the saga needs.
+pub struct Platform {
+    pub client: reqwest::Client,
+    pub exchange: TestExchange,
+    pub catalog_db: TestDatabase,
+    pub order_db: TestDatabase,
+    pub catalog: Option<Running>,
+    pub order: Running,
+}
+
+fn broker(exchange: &TestExchange, url: &str) -> dockyard_messaging::BrokerConfig {
+    config::from_vars([("AMQP_URL", url), ("AMQP_EXCHANGE", exchange.name())]).unwrap()
+}
+
+fn database(url: &str) -> dockyard_runtime::database::DatabaseConfig {
+    config::from_vars([("DATABASE_URL", url)]).unwrap()
+}
+
+/// Starts a catalog on `db` and `exchange`.
+pub fn start_catalog(db: &TestDatabase, exchange: &TestExchange) -> Running {
+    init_telemetry();
+    let settings = catalog::config::Settings {
+        http: HttpConfig::ephemeral(),
+        database: database(db.url()),
+        broker: broker(exchange, &amqp_url()),
+    };
+    let app = catalog::startup::Application::build(&settings).unwrap();
+    run(app.port(), |stopped| {
+        tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }))
+    })
+}
+
+/// Starts an order service reaching the broker at `amqp` and the catalog at `catalog_url`.
+pub fn start_order(
+    db: &TestDatabase,
+    exchange: &TestExchange,
+    amqp: &str,
+    catalog_url: &str,
+) -> Running {
+    init_telemetry();
+    let settings = order::config::Settings {
+        http: HttpConfig::ephemeral(),
+        database: database(db.url()),
+        broker: broker(exchange, amqp),
+        catalog: config::from_vars([("CATALOG_URL", catalog_url)]).unwrap(),
+    };
+    let app = order::startup::Application::build(&settings).unwrap();
+    run(app.port(), |stopped| {
+        tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }))
+    })
+}
+
+/// Fresh, migrated databases for both services.
+pub async fn databases() -> (TestDatabase, TestDatabase) {
+    let catalog_db = TestDatabase::create("catalog").await;
+    let order_db = TestDatabase::create("order").await;
+    catalog::store::migrate(&database(catalog_db.url()))
+        .await
+        .unwrap();
+    order::store::migrate(&database(order_db.url()))
+        .await
+        .unwrap();
+    (catalog_db, order_db)
+}
+
+/// Catalog and order, both up, on the real broker.
+pub async fn spawn_platform() -> Platform {
+    let (catalog_db, order_db) = databases().await;
+    let exchange = TestExchange::new();
+    let catalog = start_catalog(&catalog_db, &exchange);
+    let order = start_order(&order_db, &exchange, &amqp_url(), &catalog.address);
+    Platform {
+        client: reqwest::Client::new(),
+        exchange,
+        catalog_db,
+        order_db,
+        catalog: Some(catalog),
+        order,
+    }
+}
+
+pub fn order_body(customer_id: Uuid, lines: &[(&str, i64)]) -> Value {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(id, quantity)| json!({"product_id": id, "quantity": quantity}))
+        .collect();
+    json!({"customer_id": customer_id, "lines": lines})
+}
+
+impl Platform {
+    pub fn catalog_address(&self) -> &str {
+        &self
+            .catalog
+            .as_ref()
+            .expect("the catalog is running")
+            .address
+    }
+
+    /// Creates a product priced 12.99 EUR with `stock` units; returns its id.
+    pub async fn product(&self, sku: &str, stock: i64) -> String {
+        Self::product_via(self.catalog_address(), sku, stock).await
+    }
+
+    /// The same, on the catalog at `address`.
+    pub async fn product_via(address: &str, sku: &str, stock: i64) -> String {
+        let body = json!({"sku": sku, "name": sku, "price": {"amount_minor": 1299, "currency": "EUR"}, "stock": stock});
+        let response = reqwest::Client::new()
+            .post(format!("{address}/products"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn stock(&self, product_id: &str) -> i64 {
+        let product: Value = self
+            .client
+            .get(format!("{}/products/{product_id}", self.catalog_address()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        product["stock"].as_i64().unwrap()
+    }
+
+    pub async fn place(&self, key: &str, body: &Value) -> Response {
+        self.client
+            .post(format!("{}/orders", self.order.address))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Places an order under a fresh key; returns its id.
+    pub async fn place_ok(&self, body: &Value) -> String {
+        let response = self.place(&Uuid::new_v4().to_string(), body).await;
+        assert_eq!(response.status(), 202);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn order(&self, id: &str) -> Value {
+        self.client
+            .get(format!("{}/orders/{id}", self.order.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn cancel(&self, id: &str) -> Response {
+        self.client
+            .post(format!("{}/orders/{id}/cancel", self.order.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the order until it leaves `pending` (at most 15 s); returns it.
+    pub async fn settled(&self, id: &str) -> Value {
+        for _ in 0..300 {
+            let order = self.order(id).await;
+            if order["status"] != "pending" {
+                return order;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("order {id} stayed pending");
+    }
+
+    /// Polls until `product_id` has `expected` units (at most 10 s).
+    pub async fn stock_becomes(&self, product_id: &str, expected: i64) {
+        let mut stock = 0;
+        for _ in 0..200 {
+            stock = self.stock(product_id).await;
+            if stock == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("stock of {product_id} is {stock}, expected {expected}");
+    }
+
+    pub async fn orders_in_database(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&self.order_db.pool().await)
+            .await
+            .unwrap()
+    }
+}

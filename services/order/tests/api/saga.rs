@@ -1,0 +1,213 @@
+//! The order saga end to end: order → RabbitMQ → catalog → RabbitMQ → order, including broker
+//! and catalog outages.
+
+use std::time::Duration;
+
+use dockyard_messaging::testing::amqp_url;
+use dockyard_testkit::TcpProxy;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{Platform, databases, order_body, spawn_platform, start_catalog, start_order};
+
+#[tokio::test]
+async fn a_placed_order_is_confirmed_with_the_catalog_total_and_stock_taken_once() {
+    let platform = spawn_platform().await;
+    let mug = platform.product("MUG", 10).await;
+
+    let id = platform
+        .place_ok(&order_body(Uuid::now_v7(), &[(&mug, 3)]))
+        .await;
+
+    let order = platform.settled(&id).await;
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(
+        order["total"],
+        json!({"amount_minor": 3897, "currency": "EUR"})
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(platform.stock(&mug).await, 7, "taken once");
+}
+
+#[tokio::test]
+async fn an_order_beyond_the_stock_is_rejected_with_the_reason_and_takes_nothing() {
+    let platform = spawn_platform().await;
+    let mug = platform.product("MUG", 2).await;
+
+    let id = platform
+        .place_ok(&order_body(Uuid::now_v7(), &[(&mug, 3)]))
+        .await;
+
+    let order = platform.settled(&id).await;
+    assert_eq!(order["status"], "rejected");
+    assert!(
+        order["reason"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient stock"),
+        "{order}"
+    );
+    assert_eq!(platform.stock(&mug).await, 2);
+}
+
+#[tokio::test]
+async fn cancelling_a_confirmed_order_restores_the_stock_exactly_and_illegal_moves_are_409() {
+    let platform = spawn_platform().await;
+    let mug = platform.product("MUG", 10).await;
+    let confirmed = platform
+        .place_ok(&order_body(Uuid::now_v7(), &[(&mug, 4)]))
+        .await;
+    assert_eq!(platform.settled(&confirmed).await["status"], "confirmed");
+    let rejected = platform
+        .place_ok(&order_body(Uuid::now_v7(), &[(&mug, 50)]))
+        .await;
+    assert_eq!(platform.settled(&rejected).await["status"], "rejected");
+
+    let cancel = platform.cancel(&confirmed).await;
+    let again = platform.cancel(&confirmed).await;
+    let cancel_rejected = platform.cancel(&rejected).await;
+
+    assert_eq!(cancel.status(), 200);
+    assert_eq!(cancel.json::<Value>().await.unwrap()["status"], "cancelled");
+    assert_eq!(again.status(), 409);
+    assert_eq!(cancel_rejected.status(), 409);
+    platform.stock_becomes(&mug, 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(platform.stock(&mug).await, 10, "restored exactly, once");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_orders_for_ten_in_stock_confirm_exactly_ten() {
+    let platform = spawn_platform().await;
+    let mug = platform.product("MUG", 10).await;
+
+    let placing: Vec<_> = (0..50)
+        .map(|_| {
+            let (client, url) = (
+                platform.client.clone(),
+                format!("{}/orders", platform.order.address),
+            );
+            let body = order_body(Uuid::now_v7(), &[(&mug, 1)]);
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .header("idempotency-key", Uuid::new_v4().to_string())
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+                response.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for placed in placing {
+        ids.push(placed.await.unwrap());
+    }
+
+    let mut confirmed = 0;
+    for id in &ids {
+        if platform.settled(id).await["status"] == "confirmed" {
+            confirmed += 1;
+        }
+    }
+    assert_eq!(confirmed, 10);
+    assert_eq!(platform.stock(&mug).await, 0);
+}
+
+#[tokio::test]
+async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_returns() {
+    let (catalog_db, order_db) = databases().await;
+    let exchange = dockyard_messaging::testing::TestExchange::new();
+    let catalog = start_catalog(&catalog_db, &exchange);
+    let proxy = TcpProxy::down("127.0.0.1:5672".parse().unwrap()).await;
+    let via_proxy = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
+    let order = start_order(&order_db, &exchange, &via_proxy, &catalog.address);
+    let platform = Platform {
+        client: reqwest::Client::new(),
+        exchange,
+        catalog_db,
+        order_db,
+        catalog: Some(catalog),
+        order,
+    };
+    let mug = platform.product("MUG", 10).await;
+
+    let ids = [
+        platform
+            .place_ok(&order_body(Uuid::now_v7(), &[(&mug, 1)]))
+            .await,
+        platform
+            .place_ok(&order_body(Uuid::now_v7(), &[(&mug, 2)]))
+            .await,
+    ];
+    let ready = platform
+        .client
+        .get(format!("{}/health/ready", platform.order.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready without the broker");
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["checks"]["broker"]["status"],
+        "down"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(platform.order(&ids[0]).await["status"], "pending");
+
+    proxy.restore().await;
+
+    for id in &ids {
+        assert_eq!(platform.settled(id).await["status"], "confirmed");
+    }
+    assert_eq!(platform.stock(&mug).await, 7);
+}
+
+#[tokio::test]
+async fn with_the_catalog_down_orders_are_accepted_unpriced_and_confirmed_when_it_returns() {
+    let (catalog_db, order_db) = databases().await;
+    let exchange = dockyard_messaging::testing::TestExchange::new();
+    // Create the product, then stop the catalog entirely (HTTP and consumer).
+    let catalog = start_catalog(&catalog_db, &exchange);
+    let seeded = Platform::product_via(&catalog.address, "MUG", 10).await;
+    let dead_catalog_url = catalog.address.clone();
+    catalog.stop().await;
+    let order = start_order(&order_db, &exchange, &amqp_url(), &dead_catalog_url);
+    let mut platform = Platform {
+        client: reqwest::Client::new(),
+        exchange,
+        catalog_db,
+        order_db,
+        catalog: None,
+        order,
+    };
+
+    let response = platform
+        .place("while-down", &order_body(Uuid::now_v7(), &[(&seeded, 2)]))
+        .await;
+
+    assert_eq!(response.status(), 202, "the alternate path accepts it");
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "pending");
+    assert_eq!(accepted["total"], Value::Null, "not priced yet");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        platform.order(accepted["id"].as_str().unwrap()).await["status"],
+        "pending"
+    );
+
+    platform.catalog = Some(start_catalog(&platform.catalog_db, &platform.exchange));
+
+    let order = platform.settled(accepted["id"].as_str().unwrap()).await;
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(
+        order["total"],
+        json!({"amount_minor": 2598, "currency": "EUR"}),
+        "priced by the saga"
+    );
+    assert_eq!(platform.stock(&seeded).await, 8);
+}
