@@ -54,12 +54,13 @@ impl fmt::Display for Command {
 }
 
 /// The whole `main` of a service binary: parses the command, answers `healthcheck` (which
-/// needs only `PORT`), loads the settings with `load` (exit 2 naming the variable on error),
-/// sets up logging, then runs the command with `run` (exit 0, or 1 with the cause logged).
+/// needs only `PORT`), loads what the command needs with `load` (exit 2 naming the variable on
+/// error; one-off commands should not demand settings only serving uses), sets up logging,
+/// then runs the command with `run` (exit 0, or 1 with the cause logged).
 pub async fn run_service<S, Fut>(
     service: &'static str,
     commands: &[Command],
-    load: impl FnOnce() -> Result<S, crate::config::ConfigError>,
+    load: impl FnOnce(Command) -> Result<S, crate::config::ConfigError>,
     run: impl FnOnce(Command, S) -> Fut,
 ) -> std::process::ExitCode
 where
@@ -84,11 +85,12 @@ where
             Err(error) => exit::config_error(service, &error),
         };
     }
-    let (settings, logging) =
-        match load().and_then(|s| Ok((s, config::from_env::<telemetry::TelemetryConfig>()?))) {
-            Ok(loaded) => loaded,
-            Err(error) => return exit::config_error(service, &error),
-        };
+    let (settings, logging) = match load(command)
+        .and_then(|s| Ok((s, config::from_env::<telemetry::TelemetryConfig>()?)))
+    {
+        Ok(loaded) => loaded,
+        Err(error) => return exit::config_error(service, &error),
+    };
     telemetry::init(logging.log_format);
     exit::from_result(service, run(command, settings).await)
 }

@@ -8,7 +8,32 @@ use dockyard_runtime::{
     server::HttpConfig,
 };
 
-/// Everything `catalog serve`, `migrate` and `seed` need.
+/// What a command of the `catalog` binary needs: serving needs everything, the one-off
+/// `migrate` and `seed` only the database.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    Serve(Box<Settings>),
+    Migrate(DatabaseConfig),
+    Seed(DatabaseConfig),
+}
+
+impl Loaded {
+    pub fn from_env(command: dockyard_runtime::command::Command) -> Result<Self, ConfigError> {
+        use dockyard_runtime::command::Command;
+        let database = || -> Result<DatabaseConfig, ConfigError> {
+            let database: DatabaseConfig = from_env()?;
+            database.connect_options()?;
+            Ok(database)
+        };
+        match command {
+            Command::Migrate => Ok(Self::Migrate(database()?)),
+            Command::Seed => Ok(Self::Seed(database()?)),
+            _ => Ok(Self::Serve(Box::new(Settings::from_env()?))),
+        }
+    }
+}
+
+/// Everything `catalog serve` needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub http: HttpConfig,

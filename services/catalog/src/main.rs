@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use catalog::{SERVICE, config::Settings, seed, startup::Application, store};
+use catalog::{SERVICE, config::Loaded, seed, startup::Application, store};
 use dockyard_runtime::{
     command::{Command, run_service},
     shutdown,
@@ -18,12 +18,12 @@ async fn main() -> ExitCode {
     run_service(
         SERVICE,
         COMMANDS,
-        Settings::from_env,
-        |command, settings| async move {
-            let result = match command {
-                Command::Migrate => store::migrate(&settings.database).await,
-                Command::Seed => seed::run(&settings.database).await,
-                _ => match Application::build(&settings) {
+        Loaded::from_env,
+        |_, loaded| async move {
+            let result = match loaded {
+                Loaded::Migrate(database) => store::migrate(&database).await,
+                Loaded::Seed(database) => seed::run(&database).await,
+                Loaded::Serve(settings) => match Application::build(&settings) {
                     Ok(app) => app.run_until_stopped(shutdown::signal()).await,
                     Err(error) => Err(error),
                 },

@@ -45,7 +45,28 @@ impl CatalogConfig {
     }
 }
 
-/// Everything `order serve` and `order migrate` need.
+/// What a command of the `order` binary needs: serving needs everything, `migrate` only the
+/// database.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    Serve(Box<Settings>),
+    Migrate(DatabaseConfig),
+}
+
+impl Loaded {
+    pub fn from_env(command: dockyard_runtime::command::Command) -> Result<Self, ConfigError> {
+        match command {
+            dockyard_runtime::command::Command::Migrate => {
+                let database: DatabaseConfig = from_env()?;
+                database.connect_options()?;
+                Ok(Self::Migrate(database))
+            }
+            _ => Ok(Self::Serve(Box::new(Settings::from_env()?))),
+        }
+    }
+}
+
+/// Everything `order serve` needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub http: HttpConfig,

@@ -4,7 +4,7 @@ use dockyard_runtime::{
     command::{Command, run_service},
     shutdown,
 };
-use order::{SERVICE, config::Settings, startup::Application, store};
+use order::{SERVICE, config::Loaded, startup::Application, store};
 
 const COMMANDS: &[Command] = &[Command::Serve, Command::Migrate, Command::Healthcheck];
 
@@ -13,11 +13,11 @@ async fn main() -> ExitCode {
     run_service(
         SERVICE,
         COMMANDS,
-        Settings::from_env,
-        |command, settings| async move {
-            let result = match command {
-                Command::Migrate => store::migrate(&settings.database).await,
-                _ => match Application::build(&settings) {
+        Loaded::from_env,
+        |_, loaded| async move {
+            let result = match loaded {
+                Loaded::Migrate(database) => store::migrate(&database).await,
+                Loaded::Serve(settings) => match Application::build(&settings) {
                     Ok(app) => app.run_until_stopped(shutdown::signal()).await,
                     Err(error) => Err(error),
                 },

@@ -104,8 +104,8 @@ async fn an_unknown_command_exits_2_with_usage() {
 #[tokio::test]
 async fn migrate_and_seed_are_idempotent_one_off_commands() {
     let db = TestDatabase::create("catalog").await;
-    let amqp = amqp_url();
-    let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
+    // One-off commands need only the database: no AMQP_URL here.
+    let env = [("DATABASE_URL", db.url())];
 
     for command in ["migrate", "migrate", "seed", "seed"] {
         let output = run(&env, &[command]).await;
@@ -195,7 +195,7 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() 
         db.url(),
         &exchange,
         &[
-            ("SHUTDOWN_DELAY_MS", "1500"),
+            ("SHUTDOWN_DELAY_MS", "3000"),
             ("SHUTDOWN_TIMEOUT_SECS", "20"),
         ],
     )
@@ -222,18 +222,29 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() 
 
     // Act: SIGTERM while the request waits on the lock.
     let pid = Pid::from_raw(i32::try_from(served.child.id().unwrap()).unwrap());
+    let signalled = std::time::Instant::now();
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
 
-    // Readiness turns 503 first, while the listener still accepts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = client()
-        .get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    // Readiness turns 503 first, while the listener still accepts (for SHUTDOWN_DELAY_MS).
+    let mut readiness = 0;
+    while signalled.elapsed() < Duration::from_millis(2500) {
+        let ready = client()
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        readiness = ready.status().as_u16();
+        if readiness == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        readiness, 503,
+        "readiness turns 503 during the shutdown delay"
+    );
     // After the delay the listener closes; the in-flight request is still waiting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(3500).saturating_sub(signalled.elapsed())).await;
     assert!(
         !in_flight.is_finished(),
         "the request ended before the lock was released"

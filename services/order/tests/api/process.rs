@@ -46,3 +46,24 @@ async fn seed_is_not_an_order_command() {
             .contains("usage: order [serve | migrate | healthcheck]")
     );
 }
+
+#[tokio::test]
+async fn migrate_needs_only_the_database() {
+    let db = dockyard_testkit::TestDatabase::create("order").await;
+
+    let output = run(&[("DATABASE_URL", db.url())], &["migrate"]).await;
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pool = db.pool().await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('orders', 'idempotency_keys', 'outbox', 'inbox')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 4);
+}
