@@ -23,6 +23,7 @@
 //! - [`outbox`]: enqueueing in a transaction, and the relay.
 //! - [`inbox`]: de-duplication of handled messages.
 //! - [`consumer`]: the consume loop around a service's handler.
+//! - [`workers`]: a service's consumer and relay, started together, stopped in order.
 //! - `testing` (feature `testing`): a private exchange per test and an event probe.
 
 pub mod broker;
@@ -34,12 +35,14 @@ pub mod outbox;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topology;
+pub mod workers;
 
 pub use broker::{Broker, BrokerCheck};
 pub use config::BrokerConfig;
 pub use consumer::{Handled, Handler, HandlerError, Subscription};
 pub use envelope::Envelope;
 pub use outbox::OutboxRelay;
+pub use workers::EventWorkers;
 
 /// The outbox and inbox tables. Services run it from their `migrate` command, beside their own
 /// migrations (both ignore each other's versions).

@@ -3,14 +3,13 @@
 
 use std::{future::Future, sync::Arc};
 
-use dockyard_messaging::{Broker, BrokerCheck, OutboxRelay, Subscription};
+use dockyard_messaging::{Broker, BrokerCheck, EventWorkers, Subscription};
 use dockyard_runtime::{
     database::{Database, DatabaseCheck},
     health::Health,
     metrics::Metrics,
     server,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{SERVICE, config::Settings, events::OrderEvents, routes, store::ProductStore};
 
@@ -57,22 +56,16 @@ impl Application {
     /// consumer finishes and acks its current message, the relay publishes what is pending,
     /// the broker connection closes, the pool closes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let workers = CancellationToken::new();
-        let pool = self.database.pool().clone();
-        let relay =
-            tokio::spawn(OutboxRelay::new(pool.clone(), self.broker.clone()).run(workers.clone()));
-        let consumer = tokio::spawn(
+        let workers = EventWorkers::start(
+            self.database.pool().clone(),
+            self.broker,
             Subscription {
                 consumer: SERVICE,
                 handler: Arc::new(OrderEvents),
-            }
-            .run(pool, self.broker.clone(), workers.clone()),
+            },
         );
         let served = self.server.run_until_stopped(shutdown).await;
-        workers.cancel();
-        let _ = consumer.await;
-        let _ = relay.await;
-        self.broker.close().await;
+        workers.stop().await;
         self.database.close().await;
         tracing::info!("broker and database closed; bye");
         Ok(served?)

@@ -64,10 +64,6 @@ pub struct ProductStore {
     database: Database,
 }
 
-const INSERT: &str =
-    "INSERT INTO products (id, sku, name, description, price_minor, currency, stock)
-                      VALUES ($1, $2, $3, $4, $5, $6, $7)";
-
 impl ProductStore {
     pub fn new(database: Database) -> Self {
         Self { database }
@@ -75,36 +71,41 @@ impl ProductStore {
 
     #[tracing::instrument(skip_all, fields(sku = product.sku.as_str()))]
     pub async fn insert(&self, product: &NewProduct) -> Result<Product, StoreError> {
-        let new = product.clone();
-        self.database
-            .run(move |pool| async move {
-                sqlx::query_as::<_, Product>(&format!("{INSERT} RETURNING *"))
-                    .bind(Uuid::now_v7())
-                    .bind(new.sku.as_str())
-                    .bind(new.name.as_str())
-                    .bind(&new.description)
-                    .bind(new.price.amount_minor)
-                    .bind(new.price.currency.code())
-                    .bind(new.stock.value())
-                    .fetch_one(&pool)
-                    .await
-            })
-            .await
-            .map_err(|error| match error.as_database_error() {
+        match self.insert_row(product, false).await {
+            Ok(inserted) => Ok(inserted.expect("an insert without ON CONFLICT returns its row")),
+            Err(error) => Err(match error.as_database_error() {
                 Some(db) if db.is_unique_violation() => {
                     StoreError::DuplicateSku(product.sku.as_str().to_owned())
                 }
                 _ => StoreError::Database(error),
-            })
+            }),
+        }
     }
 
     /// Inserts unless the SKU exists; `true` when inserted. For seeding.
     pub async fn insert_if_absent(&self, product: &NewProduct) -> Result<bool, StoreError> {
+        Ok(self.insert_row(product, true).await?.is_some())
+    }
+
+    /// `None` when `skip_existing` and the SKU was taken.
+    async fn insert_row(
+        &self,
+        product: &NewProduct,
+        skip_existing: bool,
+    ) -> Result<Option<Product>, sqlx::Error> {
         let new = product.clone();
-        let inserted = self
-            .database
+        let conflict = if skip_existing {
+            "ON CONFLICT (sku) DO NOTHING"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "INSERT INTO products (id, sku, name, description, price_minor, currency, stock)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) {conflict} RETURNING *"
+        );
+        self.database
             .run(move |pool| async move {
-                sqlx::query(&format!("{INSERT} ON CONFLICT (sku) DO NOTHING"))
+                sqlx::query_as::<_, Product>(&sql)
                     .bind(Uuid::now_v7())
                     .bind(new.sku.as_str())
                     .bind(new.name.as_str())
@@ -112,11 +113,10 @@ impl ProductStore {
                     .bind(new.price.amount_minor)
                     .bind(new.price.currency.code())
                     .bind(new.stock.value())
-                    .execute(&pool)
+                    .fetch_optional(&pool)
                     .await
             })
-            .await?;
-        Ok(inserted.rows_affected() == 1)
+            .await
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
