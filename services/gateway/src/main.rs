@@ -1,0 +1,26 @@
+use std::process::ExitCode;
+
+use dockyard_runtime::{
+    command::{Command, run_service},
+    shutdown,
+};
+use gateway::{SERVICE, config::Settings, startup::Application};
+
+const COMMANDS: &[Command] = &[Command::Serve, Command::Healthcheck];
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    run_service(
+        SERVICE,
+        COMMANDS,
+        |_| Settings::from_env(),
+        |_, settings| async move {
+            let result = match Application::build(&settings) {
+                Ok(app) => app.run_until_stopped(shutdown::signal()).await,
+                Err(error) => Err(error),
+            };
+            result.map_err(Into::into)
+        },
+    )
+    .await
+}

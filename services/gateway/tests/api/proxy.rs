@@ -1,0 +1,247 @@
+use std::collections::HashMap;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{dead_url, gateway, upstream};
+
+#[tokio::test]
+async fn a_route_strips_its_prefix_and_forwards_query_and_identity_headers() {
+    let catalog = upstream("catalog", "127.0.0.2", false);
+    let (gateway, _stop) = gateway(&format!("/api/catalog={}", catalog.url), &[]);
+
+    let response = reqwest::Client::new()
+        .get(format!("{gateway}/api/catalog/products?limit=2"))
+        .header("x-request-id", "req-42")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .header("connection", "x-client-hop")
+        .header("x-client-hop", "stays on the first hop")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    assert_eq!(response.headers()["x-upstream"], "catalog");
+    assert!(
+        !response.headers().contains_key("keep-alive"),
+        "hop-by-hop from upstream dropped"
+    );
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["path"], "/products");
+    assert_eq!(seen["query"], "limit=2");
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-request-id"], "req-42");
+    assert_eq!(
+        headers["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert!(
+        headers["x-forwarded-host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(
+        headers.get("x-client-hop").is_none(),
+        "hop-by-hop from the client dropped"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_a_404_problem() {
+    let catalog = upstream("catalog", "127.0.0.2", false);
+    let (gateway, _stop) = gateway(&format!("/api/catalog={}", catalog.url), &[]);
+
+    let response = reqwest::get(format!("{gateway}/api/catalogue/products"))
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
+#[tokio::test]
+async fn load_spreads_over_every_endpoint() {
+    let upstreams = [
+        upstream("a", "127.0.0.2", false),
+        upstream("b", "127.0.0.3", false),
+        upstream("c", "127.0.0.4", false),
+    ];
+    let urls: Vec<&str> = upstreams.iter().map(|u| u.url.as_str()).collect();
+    let (gateway, _stop) = gateway(&format!("/api/x={}", urls.join(",")), &[]);
+    let client = reqwest::Client::new();
+
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..30)
+            .map(|_| {
+                let (client, url) = (client.clone(), format!("{gateway}/api/x/item"));
+                tokio::spawn(async move {
+                    client.get(url).send().await.unwrap().headers()["x-upstream"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned()
+                })
+            })
+            .collect();
+        for request in batch {
+            *served.entry(request.await.unwrap()).or_default() += 1;
+        }
+    }
+
+    assert_eq!(served.values().sum::<usize>(), 300);
+    for name in ["a", "b", "c"] {
+        assert!(served.get(name).copied().unwrap_or(0) >= 50, "{served:?}");
+    }
+}
+
+#[tokio::test]
+async fn idempotent_requests_survive_a_dead_and_a_broken_endpoint() {
+    let good = upstream("good", "127.0.0.2", false);
+    let broken = upstream("broken", "127.0.0.3", true);
+    let (gateway, _stop) = gateway(
+        &format!("/api/x={},{},{}", good.url, broken.url, dead_url()),
+        &[],
+    );
+    let client = reqwest::Client::new();
+
+    for _ in 0..60 {
+        let response = client
+            .get(format!("{gateway}/api/x/item"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-upstream"], "good");
+    }
+    // A POST with an Idempotency-Key may be retried too.
+    for _ in 0..20 {
+        let response = client
+            .post(format!("{gateway}/api/x/orders"))
+            .header("idempotency-key", "k")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_endpoint_fails_only_requests_that_cannot_be_retried() {
+    let a = upstream("a", "127.0.0.2", false);
+    let b = upstream("b", "127.0.0.3", false);
+    let (gateway, _stop) = gateway(&format!("/api/x={},{}", a.url, b.url), &[]);
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{gateway}/api/x/warm"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    b.stop().await;
+
+    for _ in 0..40 {
+        let response = client
+            .get(format!("{gateway}/api/x/item"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "GETs are retried on the live endpoint"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_endpoint_down_is_a_502_problem() {
+    let (gateway, _stop) = gateway(&format!("/api/x={},{}", dead_url(), dead_url()), &[]);
+
+    let response = reqwest::get(format!("{gateway}/api/x/item")).await.unwrap();
+
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_both_ways() {
+    let echo = upstream("echo", "127.0.0.2", false);
+    let (gateway, _stop) = gateway(
+        &format!("/api/x={}", echo.url),
+        &[("MAX_BODY_BYTES", "8388608")],
+    );
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
+
+    let response = reqwest::Client::new()
+        .post(format!("{gateway}/api/x/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), body.as_slice());
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let echo = upstream("echo", "127.0.0.2", false);
+    let (gateway, _stop) = gateway(
+        &format!("/api/x={}", echo.url),
+        &[("MAX_BODY_BYTES", "1024")],
+    );
+
+    let declared = reqwest::Client::new()
+        .post(format!("{gateway}/api/x/echo"))
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    let buffered = reqwest::Client::new()
+        .put(format!("{gateway}/api/x/echo"))
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(declared.status(), 413);
+    assert_eq!(buffered.status(), 413);
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused() {
+    let echo = upstream("echo", "127.0.0.2", false);
+    let (gateway, _stop) = gateway(&format!("/api/x={}", echo.url), &[]);
+    let address = gateway.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+
+    stream
+        .write_all(b"POST /api/x/echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 64];
+    let read = stream.read(&mut answer).await.unwrap();
+
+    let status_line = String::from_utf8_lossy(&answer[..read]);
+    assert!(status_line.starts_with("HTTP/1.1 400"), "{status_line}");
+}
