@@ -4,7 +4,7 @@
 # same wrk load, in one run. Prints req/s, p50 and p99 latency for each, and the ratios.
 #
 #   bash bench/gateway.sh                  # 10 s per target, 64 connections
-#   DURATION=30s CONNECTIONS=128 bash bench/gateway.sh
+#   DURATION=30s CONNECTIONS=128 GATEWAY_WORKERS=1 bash bench/gateway.sh
 #
 # Needs Debian's nginx and wrk (installed if missing). Everything listens on loopback only and
 # stops when the script ends. The upstream is an nginx `return 200`, so it is never the
@@ -59,7 +59,7 @@ nginx_conf upstream "server { listen $UPSTREAM; location / { return 200 'ok\n'; 
 nginx_conf proxy "upstream backend { server $UPSTREAM; keepalive 64; }
   server { listen $NGINX; location /api/x/ {
     proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-ROUTES="/api/x=http://$UPSTREAM" HOST=127.0.0.1 PORT=${GATEWAY##*:} HTTP_WORKERS=2 RUST_LOG=warn \
+ROUTES="/api/x=http://$UPSTREAM" HOST=127.0.0.1 PORT=${GATEWAY##*:} HTTP_WORKERS=${GATEWAY_WORKERS:-2} RUST_LOG=warn \
   target/release/gateway >"$work/gateway.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do curl -sf "http://$GATEWAY/api/x/item" >/dev/null && break; sleep 0.1; done
