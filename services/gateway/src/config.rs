@@ -1,49 +1,166 @@
 //! Gateway settings, from the environment only.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
+use dockyard_resilience::{BreakerConfig, BudgetConfig};
 use dockyard_runtime::{
     config::{ConfigError, from_env},
     server::HttpConfig,
 };
+use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{routes::RouteTable, upstream::HealthPolicy};
+use crate::routes::{PoolKind, RouteSpec};
 
-/// From `ROUTES`, `UPSTREAM_*`, `EJECT_*`, `MAX_BODY_BYTES`.
+/// From `ROUTES`, `GREEN_ROUTES`, `CANARY_*`, `DISCOVERY_*`, `HEALTH_CHECK_*`, `UPSTREAM_*`,
+/// `EJECT_*`, `BREAKER_*`, `RETRY_*`, `RATE_LIMIT_*`, `TRUSTED_PROXIES`, `MAX_BODY_BYTES`,
+/// `ADMIN_*`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewayConfig {
-    /// `prefix=url[,url…][;prefix=url…]`, e.g.
+    /// The stable (blue) pool of every route: `prefix=url[,url…][;prefix=url…]`, e.g.
     /// `/api/catalog=http://127.0.0.1:8081,http://127.0.0.1:8083;/api/orders=http://127.0.0.1:8082`.
     pub routes: String,
+    /// Optional green pools, same syntax, for routes of `ROUTES`.
+    #[serde(default)]
+    pub green_routes: String,
+    /// Which of blue and green takes the traffic at start.
+    #[serde(default = "default_active_pool")]
+    pub active_pool: String,
+    /// Optional canary pools, same syntax, for routes of `ROUTES`.
+    #[serde(default)]
+    pub canary_routes: String,
+    /// Percentage (0–100) of clients sent to a route's canary pool.
+    #[serde(default)]
+    pub canary_weight: u8,
+    /// `always` / `never` in this header forces the canary choice.
+    #[serde(default = "default_canary_header")]
+    pub canary_header: String,
+    /// The client key that keeps a client on one side of the split: this header…
+    #[serde(default = "default_canary_key_header")]
+    pub canary_key_header: String,
+    /// …or else this cookie. Without either, each request is split at random.
+    #[serde(default = "default_canary_key_cookie")]
+    pub canary_key_cookie: String,
+    /// Hostnames in upstream URLs are resolved again this often; every address is an instance.
+    #[serde(default = "default_discovery_interval_ms")]
+    pub discovery_interval_ms: u64,
+    /// A DNS server (`ip:port`) to ask instead of the system resolver (e.g. Consul's DNS).
+    #[serde(default)]
+    pub discovery_nameserver: Option<SocketAddr>,
+    /// Active health checks: this path on every instance…
+    #[serde(default = "default_health_check_path")]
+    pub health_check_path: String,
+    /// …this often (`0` turns active checks off: instances take traffic at once)…
+    #[serde(default = "default_health_check_interval_ms")]
+    pub health_check_interval_ms: u64,
+    /// …each within this time.
+    #[serde(default = "default_health_check_timeout_ms")]
+    pub health_check_timeout_ms: u64,
     #[serde(default = "default_connect_timeout_ms")]
     pub upstream_connect_timeout_ms: u64,
     /// One attempt, from sending the request to receiving the response head.
     #[serde(default = "default_try_timeout_ms")]
     pub upstream_try_timeout_ms: u64,
-    /// Attempts per request, each on a different endpoint (retries only for idempotent
+    /// All attempts together, back-off included.
+    #[serde(default = "default_timeout_ms")]
+    pub upstream_timeout_ms: u64,
+    /// Attempts per request, each on a different instance (retries only for idempotent
     /// requests and POSTs with an `Idempotency-Key`).
     #[serde(default = "default_attempts")]
     pub upstream_attempts: usize,
-    /// Consecutive failures (connect errors, time-outs, 5xx) that eject an endpoint.
+    /// Base of the jittered back-off between attempts.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Retries allowed per request, as a percentage (the retry budget)…
+    #[serde(default = "default_retry_budget_percent")]
+    pub retry_budget_percent: u8,
+    /// …plus this many retries per second whatever the traffic.
+    #[serde(default = "default_retry_min_per_sec")]
+    pub retry_min_per_sec: u32,
+    /// Consecutive failures (connect errors, time-outs, 5xx) that eject an instance.
     #[serde(default = "default_eject_after")]
     pub eject_after_failures: u32,
     /// First ejection time; doubled on each repeat, up to 16 times as long.
     #[serde(default = "default_eject_for_ms")]
     pub eject_for_ms: u64,
+    /// The circuit breaker of each pool opens when, over the last `BREAKER_WINDOW` requests
+    /// (at least `BREAKER_MIN_CALLS`), `BREAKER_FAILURE_PERCENT` failed…
+    #[serde(default = "default_breaker_window")]
+    pub breaker_window: usize,
+    #[serde(default = "default_breaker_min_calls")]
+    pub breaker_min_calls: usize,
+    #[serde(default = "default_breaker_failure_percent")]
+    pub breaker_failure_percent: u8,
+    /// …and stays open this long (doubling on repeated trips, up to 12 times as long).
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
+    /// Requests per second per client (`0`: no limit)…
+    #[serde(default)]
+    pub rate_limit_per_sec: u32,
+    /// …with bursts up to this many (default: one second's worth).
+    #[serde(default)]
+    pub rate_limit_burst: Option<u32>,
+    /// Comma-separated CIDRs of proxies in front of the gateway; from them, and only them,
+    /// the client address is taken from `X-Forwarded-For`.
+    #[serde(default)]
+    pub trusted_proxies: String,
     /// Largest request body accepted (413 above).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The admin API listens here (loopback by default)…
+    #[serde(default = "default_admin_host")]
+    pub admin_host: String,
+    #[serde(default = "default_admin_port")]
+    pub admin_port: u16,
+    /// …and only when a bearer token is set.
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
+fn default_active_pool() -> String {
+    "blue".to_owned()
+}
+fn default_canary_header() -> String {
+    "x-canary".to_owned()
+}
+fn default_canary_key_header() -> String {
+    "x-client-id".to_owned()
+}
+fn default_canary_key_cookie() -> String {
+    "dockyard_client".to_owned()
+}
+fn default_discovery_interval_ms() -> u64 {
+    5_000
+}
+fn default_health_check_path() -> String {
+    "/health/ready".to_owned()
+}
+fn default_health_check_interval_ms() -> u64 {
+    2_000
+}
+fn default_health_check_timeout_ms() -> u64 {
+    1_000
+}
 fn default_connect_timeout_ms() -> u64 {
     500
 }
 fn default_try_timeout_ms() -> u64 {
     10_000
 }
+fn default_timeout_ms() -> u64 {
+    15_000
+}
 fn default_attempts() -> usize {
     3
+}
+fn default_retry_backoff_ms() -> u64 {
+    5
+}
+fn default_retry_budget_percent() -> u8 {
+    20
+}
+fn default_retry_min_per_sec() -> u32 {
+    10
 }
 fn default_eject_after() -> u32 {
     3
@@ -51,8 +168,33 @@ fn default_eject_after() -> u32 {
 fn default_eject_for_ms() -> u64 {
     5_000
 }
+fn default_breaker_window() -> usize {
+    20
+}
+fn default_breaker_min_calls() -> usize {
+    10
+}
+fn default_breaker_failure_percent() -> u8 {
+    50
+}
+fn default_breaker_open_ms() -> u64 {
+    5_000
+}
 fn default_max_body_bytes() -> usize {
     1024 * 1024
+}
+fn default_admin_host() -> String {
+    "127.0.0.1".to_owned()
+}
+fn default_admin_port() -> u16 {
+    9901
+}
+
+/// How passive health (outlier ejection) behaves.
+#[derive(Debug, Clone)]
+pub struct HealthPolicy {
+    pub eject_after_failures: u32,
+    pub eject_for: Duration,
 }
 
 impl GatewayConfig {
@@ -63,9 +205,100 @@ impl GatewayConfig {
         }
     }
 
-    pub fn route_table(&self) -> Result<RouteTable, ConfigError> {
-        RouteTable::parse(&self.routes, &self.health_policy())
-            .map_err(|reason| ConfigError::new("ROUTES", reason))
+    pub fn breaker(&self) -> Result<BreakerConfig, ConfigError> {
+        let open_for = Duration::from_millis(self.breaker_open_ms);
+        let config = BreakerConfig {
+            window: self.breaker_window,
+            minimum_calls: self.breaker_min_calls,
+            failure_rate: f64::from(self.breaker_failure_percent) / 100.0,
+            open_for,
+            max_open_for: open_for * 12,
+            half_open_probes: 1,
+        };
+        config
+            .validate()
+            .map_err(|e| ConfigError::new("BREAKER_WINDOW", e.to_string()))?;
+        Ok(config)
+    }
+
+    pub fn retry_budget(&self) -> BudgetConfig {
+        BudgetConfig {
+            ratio: f64::from(self.retry_budget_percent) / 100.0,
+            min_per_second: f64::from(self.retry_min_per_sec),
+            cap: 1000.0,
+        }
+    }
+
+    /// Every route's pools, checked: each green or canary route must be a route of `ROUTES`.
+    pub fn route_specs(&self) -> Result<Vec<RouteSpec>, ConfigError> {
+        RouteSpec::parse_all(&[
+            (PoolKind::Blue, "ROUTES", &self.routes),
+            (PoolKind::Green, "GREEN_ROUTES", &self.green_routes),
+            (PoolKind::Canary, "CANARY_ROUTES", &self.canary_routes),
+        ])
+        .map_err(|(variable, reason)| ConfigError::new(variable, reason))
+    }
+
+    pub fn green_active(&self) -> Result<bool, ConfigError> {
+        match self.active_pool.as_str() {
+            "blue" => Ok(false),
+            "green" => Ok(true),
+            other => Err(ConfigError::new(
+                "ACTIVE_POOL",
+                format!("`{other}` is neither `blue` nor `green`"),
+            )),
+        }
+    }
+
+    pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, ConfigError> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|cidr| {
+                cidr.parse::<IpNet>()
+                    .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        ConfigError::new(
+                            "TRUSTED_PROXIES",
+                            format!("`{cidr}` is not an address or CIDR"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Every check that `serde` cannot make, so a bad value stops the process at start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.route_specs()?;
+        self.green_active()?;
+        self.trusted_proxies()?;
+        self.breaker()?;
+        if self.upstream_attempts == 0 {
+            return Err(ConfigError::new("UPSTREAM_ATTEMPTS", "must be at least 1"));
+        }
+        if self.canary_weight > 100 {
+            return Err(ConfigError::new("CANARY_WEIGHT", "must be 0 to 100"));
+        }
+        if self.retry_budget_percent > 100 {
+            return Err(ConfigError::new("RETRY_BUDGET_PERCENT", "must be 0 to 100"));
+        }
+        if self.discovery_interval_ms == 0 {
+            return Err(ConfigError::new(
+                "DISCOVERY_INTERVAL_MS",
+                "must be at least 1",
+            ));
+        }
+        if !self.health_check_path.starts_with('/') {
+            return Err(ConfigError::new("HEALTH_CHECK_PATH", "must start with /"));
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::new(
+                "ADMIN_TOKEN",
+                "must be at least 16 characters",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -82,10 +315,7 @@ impl Settings {
             http: from_env()?,
             gateway: from_env()?,
         };
-        settings.gateway.route_table()?;
-        if settings.gateway.upstream_attempts == 0 {
-            return Err(ConfigError::new("UPSTREAM_ATTEMPTS", "must be at least 1"));
-        }
+        settings.gateway.validate()?;
         Ok(settings)
     }
 }
@@ -96,14 +326,50 @@ mod tests {
 
     use super::*;
 
+    fn config(vars: &[(&str, &str)]) -> GatewayConfig {
+        from_vars(vars.iter().copied()).unwrap()
+    }
+
     #[test]
     fn a_missing_or_malformed_route_table_names_routes() {
         let missing = from_vars::<GatewayConfig, &str, &str>([]).unwrap_err();
         assert_eq!(missing.variable, "ROUTES");
 
-        let config: GatewayConfig = from_vars([("ROUTES", "/api=ftp://nowhere")]).unwrap();
-        let malformed = config.route_table().unwrap_err();
+        let malformed = config(&[("ROUTES", "/api=ftp://nowhere")])
+            .validate()
+            .unwrap_err();
         assert_eq!(malformed.variable, "ROUTES");
         assert!(malformed.reason.contains("ftp://nowhere"), "{malformed}");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let routes = ("ROUTES", "/api/a=http://127.0.0.1:1");
+        for (variable, value) in [
+            ("GREEN_ROUTES", "/api/other=http://127.0.0.1:2"),
+            ("CANARY_ROUTES", "/api/a=nonsense"),
+            ("ACTIVE_POOL", "purple"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, not-a-net"),
+            ("UPSTREAM_ATTEMPTS", "0"),
+            ("CANARY_WEIGHT", "101"),
+            ("ADMIN_TOKEN", "short"),
+            ("HEALTH_CHECK_PATH", "health"),
+        ] {
+            let error = config(&[routes, (variable, value)]).validate().unwrap_err();
+            assert_eq!(error.variable, variable, "{error}");
+        }
+        let typo = from_vars::<GatewayConfig, _, _>([routes, ("CANARY_WEIGHT", "ten")]);
+        assert_eq!(typo.unwrap_err().variable, "CANARY_WEIGHT");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let config = config(&[
+            ("ROUTES", "/api/a=http://127.0.0.1:1"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+        ]);
+        let nets = config.trusted_proxies().unwrap();
+        assert!(nets[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert!(nets[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
     }
 }

@@ -32,14 +32,23 @@ fn connection_tokens(headers: &ActixHeaders) -> Vec<String> {
         .collect()
 }
 
+/// The `X-Forwarded-*` headers: believed only from a trusted proxy, else a client could
+/// claim any address.
+const FORWARDED: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+
 /// What the client sent, minus hop-by-hop headers, `Host` and `Content-Length` (the client
-/// library sets both for the new hop).
-pub fn request_headers(incoming: &ActixHeaders) -> HeaderMap {
+/// library sets both for the new hop), and minus `X-Forwarded-*` unless the peer is a
+/// trusted proxy.
+pub fn request_headers(incoming: &ActixHeaders, trusted_peer: bool) -> HeaderMap {
     let connection = connection_tokens(incoming);
     let mut headers = HeaderMap::with_capacity(incoming.len() + 3);
     for (name, value) in incoming {
         let lower = name.as_str();
-        if is_hop_by_hop(lower, &connection) || lower == "host" || lower == "content-length" {
+        if is_hop_by_hop(lower, &connection)
+            || lower == "host"
+            || lower == "content-length"
+            || (!trusted_peer && FORWARDED.contains(&lower))
+        {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
@@ -114,14 +123,21 @@ mod tests {
             ("host", "gateway"),
             ("accept", "application/json"),
             ("traceparent", "00-abc-def-01"),
+            ("x-forwarded-for", "203.0.113.7"),
         ] {
             incoming.append(AName::from_static(name), AValue::from_static(value));
         }
 
-        let forwarded = request_headers(&incoming);
+        let forwarded = request_headers(&incoming, false);
 
-        let names: Vec<_> = forwarded.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["accept", "traceparent"]);
+        let mut names: Vec<_> = forwarded.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["accept", "traceparent"],
+            "x-forwarded-for from an untrusted peer dropped"
+        );
+        assert!(request_headers(&incoming, true).contains_key("x-forwarded-for"));
     }
 
     #[test]

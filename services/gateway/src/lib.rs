@@ -1,25 +1,39 @@
 //! # gateway
 //!
 //! The only public entry point of Dockyard: it routes `/api/<service>/…` to the service's
-//! instances, balances across them, and keeps a failing instance from failing requests.
+//! instances, discovers and balances them, keeps a failing instance from failing requests,
+//! and shifts traffic between versions (canary, blue-green).
 //!
 //! # Layout
 //! - `main.rs`: command dispatch (`serve | healthcheck`).
-//! - [`config`]: settings from the environment, including the route table (`ROUTES`).
-//! - [`routes`]: the route table: longest prefix wins, the prefix is stripped.
-//! - [`upstream`]: an upstream's endpoints, power-of-two-choices balancing on in-flight
-//!   requests, passive outlier ejection with growing back-off.
+//! - [`config`]: settings from the environment.
+//! - [`routes`]: the route table (longest prefix wins and is stripped) and its parsing.
+//! - [`service`]: a routed service: stable pools (blue-green), canary pool and split, retry
+//!   budget.
+//! - [`pool`]: one version's endpoints: power-of-two-choices balancing, passive outlier
+//!   ejection, the pool's circuit breaker.
+//! - [`discovery`]: re-resolving hostnames into endpoints.
+//! - [`checks`]: active health checks.
+//! - [`ratelimit`]: per-client token buckets, client address behind trusted proxies.
 //! - [`headers`]: hop-by-hop stripping and the `X-Forwarded-*` headers.
-//! - [`proxy`]: the forwarding handler: streaming bodies, retries on another endpoint for
-//!   idempotent requests, timeouts, problem+json errors.
-//! - [`startup`]: builds and runs the application.
+//! - [`proxy`]: the forwarding handler.
+//! - [`admin`]: the authenticated admin API.
+//! - [`metrics`]: per route, pool and endpoint metrics.
+//! - [`state`]: the shared state and its upkeep task; [`startup`] builds and runs it all.
 
+pub mod admin;
+pub mod checks;
 pub mod config;
+pub mod discovery;
 pub mod headers;
+pub mod metrics;
+pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routes;
+pub mod service;
 pub mod startup;
-pub mod upstream;
+pub mod state;
 
 /// The service name in logs, health reports and usage lines.
 pub const SERVICE: &str = "gateway";

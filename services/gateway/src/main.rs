@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         COMMANDS,
         |_| Settings::from_env(),
         |_, settings| async move {
-            let result = match Application::build(&settings) {
+            let result = match Application::build(&settings).await {
                 Ok(app) => app.run_until_stopped(shutdown::signal()).await,
                 Err(error) => Err(error),
             };

@@ -1,12 +1,20 @@
 //! The forwarding handler.
 //!
+//! In order: route (404), per-client rate limit (429), framing and size checks (400, 413),
+//! pool choice (canary share, else the active stable pool; an open breaker falls back from
+//! the canary, or answers 503 with `Retry-After` at once), then attempts.
+//!
 //! Request bodies are streamed to the upstream, except for requests that may be retried
 //! (idempotent methods, and POSTs with an `Idempotency-Key`): those are buffered, bounded by
 //! `MAX_BODY_BYTES`, so a retry can send them again. Response bodies are always streamed.
-//! A retry goes to an endpoint not tried yet. Errors are problem+json: no route 404, body too
-//! large 413, ambiguous framing 400, upstream unreachable 502, upstream too slow 504.
+//! A retry goes to an endpoint not tried yet, after a short jittered back-off, if the route's
+//! retry budget allows it and the overall deadline has time left. Errors are problem+json:
+//! upstream unreachable 502, upstream too slow 504.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix_web::{
     HttpMessage, HttpRequest, HttpResponse,
@@ -14,31 +22,19 @@ use actix_web::{
     http::{Method, StatusCode},
     web::{self, Bytes},
 };
+use dockyard_resilience::{Permit, full_jitter};
 use dockyard_runtime::{observe::RequestId, problem::Problem};
 use futures_util::StreamExt;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::sync::mpsc;
 
-use crate::{config::GatewayConfig, headers, routes::RouteTable, upstream::Upstream};
-
-/// What every worker shares: the route table and the limits.
-#[derive(Debug)]
-pub struct Gateway {
-    pub routes: RouteTable,
-    pub attempts: usize,
-    pub try_timeout: Duration,
-    pub max_body_bytes: usize,
-}
-
-impl Gateway {
-    pub fn new(config: &GatewayConfig) -> anyhow::Result<Self> {
-        Ok(Self {
-            routes: config.route_table()?,
-            attempts: config.upstream_attempts,
-            try_timeout: Duration::from_millis(config.upstream_try_timeout_ms),
-            max_body_bytes: config.max_body_bytes,
-        })
-    }
-}
+use crate::{
+    headers,
+    metrics::{Outcome, PoolLabels, RouteLabels},
+    pool::Pool,
+    service::Service,
+    state::Gateway,
+};
 
 /// A request body: kept for retries, or streamed once.
 enum Body {
@@ -131,6 +127,7 @@ pub async fn forward(
             request.path()
         )));
     };
+    rate_limit(&gateway, &request)?;
     if ambiguous_framing(&request) {
         return Err(Problem::bad_request(
             "conflicting Content-Length / Transfer-Encoding headers",
@@ -139,72 +136,227 @@ pub async fn forward(
     if declared_length(&request).is_some_and(|length| length > gateway.max_body_bytes) {
         return Err(too_large(gateway.max_body_bytes));
     }
+
+    let service = &route.service;
+    let (pool, permit) = choose_pool(&gateway, service, &request)?;
+
     let retryable = may_retry(&request);
-    let mut body = if retryable {
+    let body = if retryable {
         Body::Buffered(buffer(payload, gateway.max_body_bytes).await?)
     } else {
         Body::Streamed(Some(stream(payload, gateway.max_body_bytes)))
     };
-    let outgoing = outgoing_headers(&request);
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
         .map_err(|_| Problem::bad_request("unsupported method"))?;
-    let upstream = &route.upstream;
-    let attempts = if retryable { gateway.attempts } else { 1 };
-    let mut tried = Vec::with_capacity(attempts);
-    let mut last_error = None;
-    while tried.len() < attempts.min(upstream.endpoints().len()) {
-        let Some(index) = upstream.pick(&tried, Instant::now()) else {
-            break;
-        };
-        tried.push(index);
-        let endpoint = &upstream.endpoints()[index];
-        let attempt_body = match &mut body {
-            Body::Buffered(bytes) => reqwest::Body::from(bytes.clone()),
-            Body::Streamed(once) => once.take().expect("a streamed body is sent once"),
-        };
-        let url = endpoint.url(rest, request.query_string());
-        let sent = {
-            let _in_flight = endpoint.start();
-            client
-                .request(method.clone(), url)
-                .headers(outgoing.clone())
-                .timeout(gateway.try_timeout)
-                .body(attempt_body)
-                .send()
-                .await
-        };
-        match sent {
-            Ok(response)
-                if response.status().is_server_error() && tried.len() < attempts && retryable =>
-            {
-                note_failure(upstream, index, &format!("answered {}", response.status()));
-                last_error = Some(Failure::Status(response.status()));
+    let trusted_peer = request
+        .peer_addr()
+        .is_some_and(|peer| gateway.limiter.is_trusted(peer.ip()));
+    let call = Call {
+        gateway: &gateway,
+        client: &client,
+        service,
+        pool,
+        method,
+        headers: outgoing_headers(&request, trusted_peer),
+        path: rest,
+        query: request.query_string(),
+        attempts: if retryable { gateway.attempts } else { 1 },
+    };
+    let deadline = tokio::time::Instant::now() + gateway.timeout;
+    let result = match tokio::time::timeout_at(deadline, call.attempts(body, deadline)).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::Timeout),
+    };
+    match result {
+        Ok(response) => {
+            if response.status().is_server_error() {
+                permit.failure(Instant::now());
+            } else {
+                permit.success(Instant::now());
             }
-            Ok(response) => {
-                if response.status().is_server_error() {
-                    note_failure(upstream, index, &format!("answered {}", response.status()));
-                } else {
-                    endpoint.record_success();
-                }
-                return Ok(relay(&request, response));
-            }
-            Err(error) => {
-                note_failure(upstream, index, &error.to_string());
-                last_error = Some(if error.is_timeout() {
-                    Failure::Timeout
-                } else {
-                    Failure::Unreachable
-                });
-            }
+            Ok(relay(&request, response))
+        }
+        Err(failure) => {
+            permit.failure(Instant::now());
+            Err(exhausted(service.name(), &failure))
         }
     }
-    Err(exhausted(upstream, last_error))
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// 429 when the client is over its rate.
+fn rate_limit(gateway: &Gateway, request: &HttpRequest) -> Result<(), Problem> {
+    let Some(ip) = gateway.limiter.client_ip(request) else {
+        return Ok(());
+    };
+    gateway.limiter.check(ip).map_err(|wait| {
+        gateway.metrics.rate_limited.inc();
+        Problem::new(StatusCode::TOO_MANY_REQUESTS)
+            .detail("too many requests from this client; slow down")
+            .retry_after(retry_after_secs(wait))
+    })
+}
+
+/// The pool for this request with a breaker permit: the canary if the request is in its
+/// share and its breaker lets it through, else the active stable pool; 503 at once if that
+/// one's breaker is open.
+fn choose_pool<'a>(
+    gateway: &Gateway,
+    service: &'a Service,
+    request: &HttpRequest,
+) -> Result<(&'a Arc<Pool>, Permit<'a>), Problem> {
+    let now = Instant::now();
+    if let Some(canary) = service.canary_for(request.headers()) {
+        if let Ok(permit) = canary.breaker.try_acquire(now) {
+            return Ok((canary, permit));
+        }
+        gateway
+            .metrics
+            .canary_fallbacks
+            .get_or_create(&RouteLabels {
+                route: service.name().to_owned(),
+            })
+            .inc();
+    }
+    let pool = service.active();
+    match pool.breaker.try_acquire(now) {
+        Ok(permit) => Ok((pool, permit)),
+        Err(rejected) => {
+            gateway
+                .metrics
+                .breaker_rejections
+                .get_or_create(&PoolLabels {
+                    route: service.name().to_owned(),
+                    pool: pool.kind().as_str().to_owned(),
+                })
+                .inc();
+            Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                .detail(format!(
+                    "{} is failing; its circuit breaker is open",
+                    service.name()
+                ))
+                .retry_after(retry_after_secs(rejected.retry_after)))
+        }
+    }
+}
+
+/// One request's attempts on one pool.
+struct Call<'a> {
+    gateway: &'a Gateway,
+    client: &'a reqwest::Client,
+    service: &'a Service,
+    pool: &'a Pool,
+    method: reqwest::Method,
+    headers: reqwest::header::HeaderMap,
+    path: &'a str,
+    query: &'a str,
+    attempts: usize,
+}
+
+impl Call<'_> {
+    /// Tries endpoints until one answers without a 5xx, the attempts or the retry budget run
+    /// out, or no untried endpoint is left. The last 5xx answer is relayed as is.
+    async fn attempts(
+        &self,
+        mut body: Body,
+        deadline: tokio::time::Instant,
+    ) -> Result<reqwest::Response, Failure> {
+        let endpoints = self.pool.endpoints();
+        let mut tried = Vec::with_capacity(self.attempts);
+        let mut last = Failure::NoEndpoint;
+        let budget = &self.service.budget;
+        budget.deposit();
+        while tried.len() < self.attempts {
+            let Some(endpoint) = Pool::pick(&endpoints, &tried, Instant::now()) else {
+                break;
+            };
+            if !tried.is_empty() {
+                if !budget.try_withdraw(Instant::now()) {
+                    self.count(&self.gateway.metrics.retries_refused);
+                    break;
+                }
+                self.count(&self.gateway.metrics.retries);
+                let attempt = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+                tokio::time::sleep(full_jitter(
+                    attempt - 1,
+                    self.gateway.retry_backoff,
+                    self.gateway.retry_backoff * 16,
+                ))
+                .await;
+            }
+            tried.push(Arc::clone(&endpoint));
+            let attempt_body = match &mut body {
+                Body::Buffered(bytes) => reqwest::Body::from(bytes.clone()),
+                Body::Streamed(once) => once.take().expect("a streamed body is sent once"),
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let started = Instant::now();
+            let sent = {
+                let _in_flight = endpoint.start();
+                self.client
+                    .request(self.method.clone(), endpoint.url(self.path, self.query))
+                    .headers(self.headers.clone())
+                    .timeout(self.gateway.try_timeout.min(left))
+                    .body(attempt_body)
+                    .send()
+                    .await
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            match sent {
+                Ok(response) => {
+                    let outcome = Outcome::of_status(response.status().as_u16());
+                    endpoint.metrics.attempt(outcome, seconds);
+                    if outcome != Outcome::ServerError {
+                        endpoint.record_success();
+                        return Ok(response);
+                    }
+                    self.pool
+                        .record_failure(&endpoint, outcome, response.status().as_str());
+                    if tried.len() >= self.attempts {
+                        return Ok(response);
+                    }
+                    last = Failure::Status(response);
+                }
+                Err(error) => {
+                    let outcome = if error.is_timeout() {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::Unreachable
+                    };
+                    endpoint.metrics.attempt(outcome, seconds);
+                    self.pool
+                        .record_failure(&endpoint, outcome, &error.to_string());
+                    last = if outcome == Outcome::Timeout {
+                        Failure::Timeout
+                    } else {
+                        Failure::Unreachable
+                    };
+                }
+            }
+        }
+        match last {
+            Failure::Status(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+
+    fn count(&self, family: &Family<RouteLabels, Counter>) {
+        family
+            .get_or_create(&RouteLabels {
+                route: self.service.name().to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// The client's headers for the upstream: hop-by-hop removed, `X-Forwarded-*` and
 /// `X-Request-Id` set.
-fn outgoing_headers(request: &HttpRequest) -> reqwest::header::HeaderMap {
-    let mut outgoing = headers::request_headers(request.headers());
+fn outgoing_headers(request: &HttpRequest, trusted_peer: bool) -> reqwest::header::HeaderMap {
+    let mut outgoing = headers::request_headers(request.headers(), trusted_peer);
     let request_id = request
         .extensions()
         .get::<RequestId>()
@@ -221,37 +373,26 @@ fn outgoing_headers(request: &HttpRequest) -> reqwest::header::HeaderMap {
 }
 
 /// The answer when no attempt succeeded.
-fn exhausted(upstream: &Upstream, last_error: Option<Failure>) -> Problem {
-    match last_error {
-        Some(Failure::Timeout) => Problem::new(StatusCode::GATEWAY_TIMEOUT)
-            .detail(format!("{} did not answer in time", upstream.name())),
-        Some(Failure::Status(status)) => Problem::new(StatusCode::BAD_GATEWAY).detail(format!(
-            "every attempt on {} failed; last answer {status}",
-            upstream.name()
-        )),
-        Some(Failure::Unreachable) | None => Problem::new(StatusCode::BAD_GATEWAY)
-            .detail(format!(
-                "no instance of {} could be reached",
-                upstream.name()
-            ))
+fn exhausted(service: &str, failure: &Failure) -> Problem {
+    match failure {
+        Failure::Timeout => Problem::new(StatusCode::GATEWAY_TIMEOUT)
+            .detail(format!("{service} did not answer in time")),
+        Failure::Unreachable | Failure::Status(_) => Problem::new(StatusCode::BAD_GATEWAY)
+            .detail(format!("no instance of {service} could be reached"))
+            .retry_after(1),
+        Failure::NoEndpoint => Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            .detail(format!("{service} has no instance"))
             .retry_after(1),
     }
 }
 
-#[derive(Clone, Copy)]
+/// Why a request got no answer from upstream.
 enum Failure {
     Timeout,
     Unreachable,
-    Status(reqwest::StatusCode),
-}
-
-fn note_failure(upstream: &Upstream, index: usize, reason: &str) {
-    let endpoint = &upstream.endpoints()[index];
-    if endpoint.record_failure(Instant::now(), upstream.policy()) {
-        tracing::warn!(upstream = upstream.name(), endpoint = %endpoint.base(), reason, "endpoint ejected");
-    } else {
-        tracing::debug!(upstream = upstream.name(), endpoint = %endpoint.base(), reason, "attempt failed");
-    }
+    /// Every attempt answered 5xx; the last answer is relayed.
+    Status(reqwest::Response),
+    NoEndpoint,
 }
 
 /// The upstream's response, streamed back without its hop-by-hop headers.

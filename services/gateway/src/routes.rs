@@ -1,17 +1,130 @@
-//! The route table: request path prefix → upstream. The longest matching prefix wins and is
+//! The route table: request path prefix → service. The longest matching prefix wins and is
 //! stripped: with `/api/catalog=…`, `/api/catalog/products?limit=2` reaches the catalog as
-//! `/products?limit=2`.
+//! `/products?limit=2`. A route is named after its prefix's last segment (`catalog`), which is
+//! how the admin API and the metrics refer to it.
 
 use std::sync::Arc;
 
 use url::Url;
 
-use crate::upstream::{HealthPolicy, Upstream};
+use crate::service::Service;
+
+/// Which pool of a route a list of URLs describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// The stable pool (`ROUTES`), active unless green is.
+    Blue,
+    /// The other stable pool for blue-green releases (`GREEN_ROUTES`).
+    Green,
+    /// A new version taking a share of the traffic (`CANARY_ROUTES`).
+    Canary,
+}
+
+impl PoolKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Blue => "blue",
+            Self::Green => "green",
+            Self::Canary => "canary",
+        }
+    }
+}
+
+/// One route as configured: its prefix and the upstream URLs of each pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub prefix: String,
+    pub name: String,
+    pub blue: Vec<Url>,
+    pub green: Vec<Url>,
+    pub canary: Vec<Url>,
+}
+
+/// Parses `prefix=url[,url…][;prefix=url…]`.
+fn parse_entries(spec: &str) -> Result<Vec<(String, Vec<Url>)>, String> {
+    let mut entries = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (prefix, urls) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("`{entry}` is not `prefix=url[,url…]`"))?;
+        let prefix = prefix.trim().trim_end_matches('/');
+        if !prefix.starts_with('/') || prefix.len() < 2 {
+            return Err(format!(
+                "route prefix `{prefix}` must start with / and name a path"
+            ));
+        }
+        let urls = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|raw| {
+                let url = Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL ({e})"))?;
+                if url.scheme() != "http" || url.host().is_none() {
+                    return Err(format!("`{raw}` must be an http URL with a host"));
+                }
+                Ok(url)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if urls.is_empty() {
+            return Err(format!("route `{prefix}` has no upstream URL"));
+        }
+        entries.push((prefix.to_owned(), urls));
+    }
+    Ok(entries)
+}
+
+impl RouteSpec {
+    /// Parses each variable of `(pool, variable name, value)`; the first must be the blue
+    /// pools and define the routes, the others may only add pools to those routes. Errors name
+    /// the variable.
+    pub fn parse_all(
+        sources: &[(PoolKind, &'static str, &str)],
+    ) -> Result<Vec<Self>, (&'static str, String)> {
+        let mut routes: Vec<Self> = Vec::new();
+        for &(kind, variable, spec) in sources {
+            let entries = parse_entries(spec).map_err(|reason| (variable, reason))?;
+            for (prefix, urls) in entries {
+                if kind == PoolKind::Blue {
+                    if routes.iter().any(|r| r.prefix == prefix) {
+                        return Err((variable, format!("route `{prefix}` is listed twice")));
+                    }
+                    let name = prefix.rsplit('/').next().unwrap_or_default().to_owned();
+                    if routes.iter().any(|r| r.name == name) {
+                        return Err((variable, format!("two routes are named `{name}`")));
+                    }
+                    routes.push(Self {
+                        prefix,
+                        name,
+                        blue: urls,
+                        green: Vec::new(),
+                        canary: Vec::new(),
+                    });
+                    continue;
+                }
+                let Some(route) = routes.iter_mut().find(|r| r.prefix == prefix) else {
+                    return Err((variable, format!("`{prefix}` is not a route of ROUTES")));
+                };
+                if kind == PoolKind::Green {
+                    route.green = urls;
+                } else {
+                    route.canary = urls;
+                }
+            }
+        }
+        if routes.is_empty() {
+            return Err((
+                sources[0].1,
+                "no routes: expected `prefix=url[,url…][;…]`".to_owned(),
+            ));
+        }
+        Ok(routes)
+    }
+}
 
 #[derive(Debug)]
 pub struct Route {
     pub prefix: String,
-    pub upstream: Arc<Upstream>,
+    pub service: Arc<Service>,
 }
 
 #[derive(Debug)]
@@ -21,44 +134,9 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Parses `prefix=url[,url…][;prefix=url…]`.
-    pub fn parse(spec: &str, policy: &HealthPolicy) -> Result<Self, String> {
-        let mut routes = Vec::new();
-        for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-            let (prefix, urls) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("`{entry}` is not `prefix=url[,url…]`"))?;
-            let prefix = prefix.trim().trim_end_matches('/');
-            if !prefix.starts_with('/') || prefix.len() < 2 {
-                return Err(format!(
-                    "route prefix `{prefix}` must start with / and name a path"
-                ));
-            }
-            let endpoints = urls
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(|raw| {
-                    let url = Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL ({e})"))?;
-                    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                        return Err(format!("`{raw}` must be an http(s) URL with a host"));
-                    }
-                    Ok(url)
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            if endpoints.is_empty() {
-                return Err(format!("route `{prefix}` has no upstream URL"));
-            }
-            routes.push(Route {
-                prefix: prefix.to_owned(),
-                upstream: Arc::new(Upstream::new(prefix, endpoints, policy.clone())),
-            });
-        }
-        if routes.is_empty() {
-            return Err("no routes: expected `prefix=url[,url…][;…]`".to_owned());
-        }
+    pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-        Ok(Self { routes })
+        Self { routes }
     }
 
     /// The route for `path` and the path to forward (prefix stripped, at least `/`).
@@ -75,6 +153,13 @@ impl RouteTable {
         })
     }
 
+    /// The route named `name` (the admin API's handle on it).
+    pub fn named(&self, name: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|route| route.service.name() == name)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
@@ -82,43 +167,51 @@ impl RouteTable {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    fn table(spec: &str) -> Result<RouteTable, String> {
-        RouteTable::parse(
-            spec,
-            &HealthPolicy {
-                eject_after_failures: 3,
-                eject_for: Duration::from_secs(1),
-            },
+    fn specs(blue: &str, green: &str, canary: &str) -> Result<Vec<RouteSpec>, String> {
+        RouteSpec::parse_all(&[
+            (PoolKind::Blue, "ROUTES", blue),
+            (PoolKind::Green, "GREEN_ROUTES", green),
+            (PoolKind::Canary, "CANARY_ROUTES", canary),
+        ])
+        .map_err(|(variable, reason)| format!("{variable}: {reason}"))
+    }
+
+    #[test]
+    fn pools_are_gathered_per_route_and_named_after_the_prefix() {
+        let routes = specs(
+            "/api/catalog=http://a:1,http://b:2;/api/orders/=http://c:3",
+            "/api/catalog=http://g:1",
+            "/api/orders=http://k:1",
         )
+        .unwrap();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(
+            (routes[0].name.as_str(), routes[0].blue.len()),
+            ("catalog", 2)
+        );
+        assert_eq!(routes[0].green[0].as_str(), "http://g:1/");
+        assert_eq!(routes[1].prefix, "/api/orders", "trailing slash dropped");
+        assert_eq!(routes[1].canary[0].as_str(), "http://k:1/");
     }
 
     #[test]
-    fn the_longest_prefix_wins_and_is_stripped() {
-        let table = table("/api=http://a:1;/api/orders=http://b:2,http://c:3").unwrap();
-
-        let (route, rest) = table.find("/api/orders/42/cancel").unwrap();
-        assert_eq!((route.prefix.as_str(), rest), ("/api/orders", "/42/cancel"));
-        assert_eq!(route.upstream.endpoints().len(), 2);
-        assert_eq!(table.find("/api/orders").unwrap().1, "/");
-        assert_eq!(table.find("/api/ordersx").unwrap().0.prefix, "/api");
-        assert!(table.find("/other").is_none());
-    }
-
-    #[test]
-    fn malformed_tables_are_refused_with_a_reason() {
-        for spec in [
-            "",
-            "api=http://a:1",
-            "/api",
-            "/api=",
-            "/api=ftp://a",
-            "/api=not a url",
+    fn malformed_tables_are_refused_naming_the_variable() {
+        for (blue, green, canary, variable) in [
+            ("", "", "", "ROUTES"),
+            ("api=http://a:1", "", "", "ROUTES"),
+            ("/api", "", "", "ROUTES"),
+            ("/api=", "", "", "ROUTES"),
+            ("/api=ftp://a:1", "", "", "ROUTES"),
+            ("/api=https://a", "", "", "ROUTES"),
+            ("/api=not a url", "", "", "ROUTES"),
+            ("/a/x=http://a:1;/b/x=http://b:1", "", "", "ROUTES"),
+            ("/api=http://a:1", "/other=http://b:1", "", "GREEN_ROUTES"),
+            ("/api=http://a:1", "", "/api=", "CANARY_ROUTES"),
         ] {
-            assert!(table(spec).is_err(), "{spec:?}");
+            let error = specs(blue, green, canary).unwrap_err();
+            assert!(error.starts_with(variable), "{blue:?}/{green:?}: {error}");
         }
     }
 }

@@ -1,27 +1,52 @@
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
 use dockyard_runtime::{config, server::HttpConfig, telemetry};
 use gateway::{config::Settings, startup::Application};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-/// A test upstream: echoes who it is and what it received; `/fail` answers 500 and
-/// `/echo` returns the request body. With `broken`, every request answers 500.
+/// A test upstream: echoes who it is and what it received. `/fail` answers 500, `/echo`
+/// returns the request body, `/slow?ms=N` answers after N ms; while `broken` is set, every
+/// request (health checks included) answers 500. `hits` counts requests other than health
+/// checks.
 pub struct Upstream {
     pub url: String,
+    pub broken: Arc<AtomicBool>,
+    pub hits: Arc<AtomicUsize>,
     handle: ServerHandle,
 }
 
-async fn answer(
-    request: HttpRequest,
-    body: web::Bytes,
-    name: web::Data<(String, bool)>,
-) -> HttpResponse {
-    let (name, broken) = name.get_ref();
-    if *broken || request.path() == "/fail" {
+#[derive(Clone)]
+struct Behaviour {
+    name: String,
+    broken: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn answer(request: HttpRequest, body: web::Bytes, me: web::Data<Behaviour>) -> HttpResponse {
+    if !request.path().starts_with("/health") {
+        me.hits.fetch_add(1, Ordering::Relaxed);
+    }
+    if me.broken.load(Ordering::Relaxed) || request.path() == "/fail" {
         return HttpResponse::InternalServerError().body("broken");
     }
     if request.path() == "/echo" {
         return HttpResponse::Ok().body(body);
+    }
+    if request.path() == "/slow" {
+        let ms = request
+            .query_string()
+            .strip_prefix("ms=")
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(100);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let headers: Map<String, Value> = request
         .headers()
@@ -29,10 +54,10 @@ async fn answer(
         .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or_default())))
         .collect();
     HttpResponse::Ok()
-        .insert_header(("x-upstream", name.as_str()))
+        .insert_header(("x-upstream", me.name.as_str()))
         .insert_header(("keep-alive", "timeout=99"))
         .json(json!({
-            "name": name,
+            "name": me.name,
             "method": request.method().as_str(),
             "path": request.path(),
             "query": request.query_string(),
@@ -41,8 +66,19 @@ async fn answer(
         }))
 }
 
+/// An upstream on `ip` and a free port.
 pub fn upstream(name: &str, ip: &str, broken: bool) -> Upstream {
-    let data = web::Data::new((name.to_owned(), broken));
+    upstream_on(name, ip, 0, broken)
+}
+
+/// An upstream on `ip:port` (`0`: any free port).
+pub fn upstream_on(name: &str, ip: &str, port: u16, broken: bool) -> Upstream {
+    let behaviour = Behaviour {
+        name: name.to_owned(),
+        broken: Arc::new(AtomicBool::new(broken)),
+        hits: Arc::new(AtomicUsize::new(0)),
+    };
+    let data = web::Data::new(behaviour.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -51,7 +87,7 @@ pub fn upstream(name: &str, ip: &str, broken: bool) -> Upstream {
     })
     .workers(1)
     .disable_signals()
-    .bind((ip, 0))
+    .bind((ip, port))
     .expect("binding a loopback address");
     let port = server.addrs()[0].port();
     let server = server.run();
@@ -59,11 +95,25 @@ pub fn upstream(name: &str, ip: &str, broken: bool) -> Upstream {
     tokio::spawn(server);
     Upstream {
         url: format!("http://{ip}:{port}"),
+        broken: behaviour.broken,
+        hits: behaviour.hits,
         handle,
     }
 }
 
 impl Upstream {
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn set_broken(&self, broken: bool) {
+        self.broken.store(broken, Ordering::Relaxed);
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
@@ -77,20 +127,103 @@ pub fn dead_url() -> String {
     format!("http://127.0.0.9:{port}")
 }
 
-/// A gateway with `ROUTES=routes` and `extra` variables; its base URL and stop switch.
-pub fn gateway(routes: &str, extra: &[(&str, &str)]) -> (String, oneshot::Sender<()>) {
+/// A running gateway: its base URL, its admin API's base URL (when a token was given) and
+/// its stop switch (dropping it stops the gateway).
+pub struct TestGateway {
+    pub url: String,
+    pub admin: Option<String>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// The admin token tests use.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A gateway with `ROUTES=routes` and `extra` variables. Unless `extra` says otherwise,
+/// discovery and health checks run every 100 ms and the admin API is on (port 0).
+pub async fn gateway_with(routes: &str, extra: &[(&str, &str)]) -> TestGateway {
     telemetry::init_with_writer(telemetry::LogFormat::Json, std::io::sink);
+    let defaults = [
+        ("DISCOVERY_INTERVAL_MS", "100"),
+        ("HEALTH_CHECK_INTERVAL_MS", "100"),
+        ("ADMIN_PORT", "0"),
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
     let mut vars = vec![("ROUTES", routes)];
     vars.extend_from_slice(extra);
+    for (name, value) in defaults {
+        if !extra.iter().any(|(n, _)| *n == name) {
+            vars.push((name, value));
+        }
+    }
     let settings = Settings {
         http: HttpConfig::ephemeral(),
         gateway: config::from_vars(vars).unwrap(),
     };
-    let app = Application::build(&settings).unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
+    settings.gateway.validate().unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let admin = app
+        .admin_port()
+        .map(|port| format!("http://127.0.0.1:{port}"));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    (address, stop)
+    TestGateway {
+        url,
+        admin,
+        _stop: stop,
+    }
+}
+
+/// [`gateway_with`], returning the base URL and the stop switch.
+pub async fn gateway(routes: &str, extra: &[(&str, &str)]) -> (String, TestGateway) {
+    let gateway = gateway_with(routes, extra).await;
+    (gateway.url.clone(), gateway)
+}
+
+impl TestGateway {
+    /// `GET /upstreams` on the admin API.
+    pub async fn upstreams(&self) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/upstreams", self.admin.as_ref().unwrap()))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A `PUT` on the admin API; returns the status and body.
+    pub async fn admin_put(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .put(format!("{}{path}", self.admin.as_ref().unwrap()))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// Polls `condition` every 20 ms for at most `seconds`; panics with `what` if it never holds.
+pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within {seconds} s: {what}");
 }

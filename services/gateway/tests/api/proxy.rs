@@ -8,7 +8,7 @@ use crate::helpers::{dead_url, gateway, upstream};
 #[tokio::test]
 async fn a_route_strips_its_prefix_and_forwards_query_and_identity_headers() {
     let catalog = upstream("catalog", "127.0.0.2", false);
-    let (gateway, _stop) = gateway(&format!("/api/catalog={}", catalog.url), &[]);
+    let (gateway, _stop) = gateway(&format!("/api/catalog={}", catalog.url), &[]).await;
 
     let response = reqwest::Client::new()
         .get(format!("{gateway}/api/catalog/products?limit=2"))
@@ -56,7 +56,7 @@ async fn a_route_strips_its_prefix_and_forwards_query_and_identity_headers() {
 #[tokio::test]
 async fn an_unknown_route_is_a_404_problem() {
     let catalog = upstream("catalog", "127.0.0.2", false);
-    let (gateway, _stop) = gateway(&format!("/api/catalog={}", catalog.url), &[]);
+    let (gateway, _stop) = gateway(&format!("/api/catalog={}", catalog.url), &[]).await;
 
     let response = reqwest::get(format!("{gateway}/api/catalogue/products"))
         .await
@@ -77,7 +77,7 @@ async fn load_spreads_over_every_endpoint() {
         upstream("c", "127.0.0.4", false),
     ];
     let urls: Vec<&str> = upstreams.iter().map(|u| u.url.as_str()).collect();
-    let (gateway, _stop) = gateway(&format!("/api/x={}", urls.join(",")), &[]);
+    let (gateway, _stop) = gateway(&format!("/api/x={}", urls.join(",")), &[]).await;
     let client = reqwest::Client::new();
 
     let mut served: HashMap<String, usize> = HashMap::new();
@@ -111,7 +111,8 @@ async fn idempotent_requests_survive_a_dead_and_a_broken_endpoint() {
     let (gateway, _stop) = gateway(
         &format!("/api/x={},{},{}", good.url, broken.url, dead_url()),
         &[],
-    );
+    )
+    .await;
     let client = reqwest::Client::new();
 
     for _ in 0..60 {
@@ -140,7 +141,7 @@ async fn idempotent_requests_survive_a_dead_and_a_broken_endpoint() {
 async fn a_stopped_endpoint_fails_only_requests_that_cannot_be_retried() {
     let a = upstream("a", "127.0.0.2", false);
     let b = upstream("b", "127.0.0.3", false);
-    let (gateway, _stop) = gateway(&format!("/api/x={},{}", a.url, b.url), &[]);
+    let (gateway, _stop) = gateway(&format!("/api/x={},{}", a.url, b.url), &[]).await;
     let client = reqwest::Client::new();
     assert_eq!(
         client
@@ -170,7 +171,7 @@ async fn a_stopped_endpoint_fails_only_requests_that_cannot_be_retried() {
 
 #[tokio::test]
 async fn every_endpoint_down_is_a_502_problem() {
-    let (gateway, _stop) = gateway(&format!("/api/x={},{}", dead_url(), dead_url()), &[]);
+    let (gateway, _stop) = gateway(&format!("/api/x={},{}", dead_url(), dead_url()), &[]).await;
 
     let response = reqwest::get(format!("{gateway}/api/x/item")).await.unwrap();
 
@@ -187,7 +188,8 @@ async fn large_bodies_stream_through_both_ways() {
     let (gateway, _stop) = gateway(
         &format!("/api/x={}", echo.url),
         &[("MAX_BODY_BYTES", "8388608")],
-    );
+    )
+    .await;
     let body: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| u8::try_from(i % 251).unwrap())
         .collect();
@@ -209,7 +211,8 @@ async fn oversized_bodies_are_413() {
     let (gateway, _stop) = gateway(
         &format!("/api/x={}", echo.url),
         &[("MAX_BODY_BYTES", "1024")],
-    );
+    )
+    .await;
 
     let declared = reqwest::Client::new()
         .post(format!("{gateway}/api/x/echo"))
@@ -231,7 +234,7 @@ async fn oversized_bodies_are_413() {
 #[tokio::test]
 async fn ambiguous_framing_is_refused() {
     let echo = upstream("echo", "127.0.0.2", false);
-    let (gateway, _stop) = gateway(&format!("/api/x={}", echo.url), &[]);
+    let (gateway, _stop) = gateway(&format!("/api/x={}", echo.url), &[]).await;
     let address = gateway.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
 

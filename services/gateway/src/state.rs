@@ -1,0 +1,213 @@
+//! What every worker shares: the route table with its services and pools, the rate limiter,
+//! the limits, and the background upkeep that keeps the pools current (discovery, active
+//! health checks, gauges).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use dockyard_resilience::{RetryBudget, State};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    checks::HealthChecker,
+    config::GatewayConfig,
+    discovery::Resolver,
+    metrics::{GatewayMetrics, PoolLabels, RouteLabels, StateLabels},
+    pool::Pool,
+    ratelimit::ClientLimiter,
+    routes::{PoolKind, Route, RouteTable},
+    service::{CanaryKeys, Service},
+};
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub routes: RouteTable,
+    pub limiter: ClientLimiter,
+    pub attempts: usize,
+    pub try_timeout: Duration,
+    pub timeout: Duration,
+    pub retry_backoff: Duration,
+    pub max_body_bytes: usize,
+    pub metrics: Arc<GatewayMetrics>,
+    resolver: Resolver,
+    checker: Option<HealthChecker>,
+    discovery_interval: Duration,
+    check_interval: Duration,
+}
+
+impl Gateway {
+    /// Builds every pool and runs a first discovery and health-check round, so the gateway
+    /// starts with a current view.
+    pub async fn start(
+        config: &GatewayConfig,
+        metrics: Arc<GatewayMetrics>,
+    ) -> anyhow::Result<Self> {
+        let active_checks = config.health_check_interval_ms > 0;
+        let breaker = config.breaker()?;
+        let keys = CanaryKeys {
+            force_header: config.canary_header.to_ascii_lowercase(),
+            key_header: config.canary_key_header.to_ascii_lowercase(),
+            key_cookie: config.canary_key_cookie.clone(),
+        };
+        let pool = |name: &str, kind, urls: &[url::Url]| -> anyhow::Result<Option<Pool>> {
+            if urls.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Pool::new(
+                name,
+                kind,
+                urls.to_vec(),
+                breaker.clone(),
+                config.health_policy(),
+                active_checks,
+                Arc::clone(&metrics),
+            )?))
+        };
+        let mut routes = Vec::new();
+        for spec in config.route_specs()? {
+            let service = Service::new(
+                &spec.name,
+                pool(&spec.name, PoolKind::Blue, &spec.blue)?
+                    .expect("ROUTES lists a URL per route"),
+                pool(&spec.name, PoolKind::Green, &spec.green)?,
+                pool(&spec.name, PoolKind::Canary, &spec.canary)?,
+                config.green_active()? && !spec.green.is_empty(),
+                config.canary_weight,
+                keys.clone(),
+                RetryBudget::new(config.retry_budget(), Instant::now()),
+            );
+            routes.push(Route {
+                prefix: spec.prefix,
+                service: Arc::new(service),
+            });
+        }
+        let connect_timeout = Duration::from_millis(config.upstream_connect_timeout_ms);
+        let gateway = Self {
+            routes: RouteTable::new(routes),
+            limiter: ClientLimiter::new(
+                config.rate_limit_per_sec,
+                config.rate_limit_burst,
+                config.trusted_proxies()?,
+            ),
+            attempts: config.upstream_attempts,
+            try_timeout: Duration::from_millis(config.upstream_try_timeout_ms),
+            timeout: Duration::from_millis(config.upstream_timeout_ms),
+            retry_backoff: Duration::from_millis(config.retry_backoff_ms),
+            max_body_bytes: config.max_body_bytes,
+            metrics,
+            resolver: Resolver::new(config.discovery_nameserver)?,
+            checker: active_checks
+                .then(|| {
+                    HealthChecker::new(
+                        &config.health_check_path,
+                        Duration::from_millis(config.health_check_timeout_ms),
+                        connect_timeout,
+                    )
+                })
+                .transpose()?,
+            discovery_interval: Duration::from_millis(config.discovery_interval_ms),
+            check_interval: Duration::from_millis(config.health_check_interval_ms),
+        };
+        gateway.discover().await;
+        gateway.update_gauges();
+        Ok(gateway)
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.routes.iter().flat_map(|route| route.service.pools())
+    }
+
+    /// Re-resolves every pool; checks newly discovered endpoints at once.
+    pub async fn discover(&self) {
+        for pool in self.pools() {
+            let changes = self.resolver.refresh(pool).await;
+            if let (Some(checker), false) = (&self.checker, changes.added.is_empty()) {
+                checker.check(pool, &changes.added).await;
+            }
+        }
+    }
+
+    /// One round of active health checks on every endpoint.
+    pub async fn check(&self) {
+        if let Some(checker) = &self.checker {
+            for pool in self.pools() {
+                checker.check(pool, &pool.endpoints()).await;
+            }
+        }
+    }
+
+    /// Refreshes the gauges (breaker states, endpoint states, weights, active pools).
+    pub fn update_gauges(&self) {
+        let now = Instant::now();
+        for route in self.routes.iter() {
+            let service = &route.service;
+            let name = service.name().to_owned();
+            self.metrics
+                .canary_weight
+                .get_or_create(&RouteLabels {
+                    route: name.clone(),
+                })
+                .set(i64::from(service.canary_weight()));
+            for pool in service.pools() {
+                let pool_name = pool.kind().as_str().to_owned();
+                let labels = PoolLabels {
+                    route: name.clone(),
+                    pool: pool_name.clone(),
+                };
+                let state = match pool.breaker.state(now) {
+                    State::Closed => 0,
+                    State::HalfOpen => 1,
+                    State::Open => 2,
+                };
+                self.metrics.breaker_state.get_or_create(&labels).set(state);
+                if pool.kind() != PoolKind::Canary {
+                    let active = Arc::ptr_eq(pool, service.active());
+                    self.metrics
+                        .active_pool
+                        .get_or_create(&labels)
+                        .set(i64::from(active));
+                }
+                let endpoints = pool.endpoints();
+                for state in ["healthy", "pending", "unhealthy", "ejected"] {
+                    let count = endpoints.iter().filter(|e| e.state(now) == state).count();
+                    self.metrics
+                        .endpoints
+                        .get_or_create(&StateLabels {
+                            route: name.clone(),
+                            pool: pool_name.clone(),
+                            state,
+                        })
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
+
+    /// Discovery, health checks and housekeeping until `stop` is cancelled.
+    pub async fn run_upkeep(self: Arc<Self>, stop: CancellationToken) {
+        let mut discovery = tokio::time::interval(self.discovery_interval);
+        let mut checks = tokio::time::interval(if self.checker.is_some() {
+            self.check_interval
+        } else {
+            Duration::from_secs(3600)
+        });
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        for timer in [&mut discovery, &mut checks, &mut housekeeping] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer.reset(); // the first round ran at start
+        }
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = discovery.tick() => self.discover().await,
+                _ = checks.tick() => self.check().await,
+                _ = housekeeping.tick() => {
+                    self.update_gauges();
+                    self.limiter.forget_idle();
+                }
+            }
+        }
+    }
+}
