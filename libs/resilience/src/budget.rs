@@ -34,9 +34,13 @@ impl Default for BudgetConfig {
     }
 }
 
+/// Deposits are counted in thousandths of a token, in integers, so 100 deposits of 0.2 make
+/// exactly 20 tokens.
+const MILLI: f64 = 1000.0;
+
 #[derive(Debug)]
 struct Balance {
-    deposits: f64,
+    deposits_milli: u64,
     floor: f64,
     refilled_at: Instant,
 }
@@ -54,7 +58,7 @@ impl RetryBudget {
         Self {
             config,
             balance: Mutex::new(Balance {
-                deposits: 0.0,
+                deposits_milli: 0,
                 floor,
                 refilled_at: now,
             }),
@@ -69,8 +73,9 @@ impl RetryBudget {
 
     /// Records a first attempt.
     pub fn deposit(&self) {
+        let (ratio, cap) = (milli(self.config.ratio), milli(self.config.cap));
         let mut balance = self.balance();
-        balance.deposits = (balance.deposits + self.config.ratio).min(self.config.cap);
+        balance.deposits_milli = (balance.deposits_milli + ratio).min(cap);
     }
 
     /// Takes the token for one retry, if the budget has one.
@@ -82,8 +87,8 @@ impl RetryBudget {
         balance.floor =
             (balance.floor + elapsed * self.config.min_per_second).min(self.config.min_per_second);
         balance.refilled_at = now;
-        if balance.deposits >= 1.0 {
-            balance.deposits -= 1.0;
+        if balance.deposits_milli >= 1000 {
+            balance.deposits_milli -= 1000;
             true
         } else if balance.floor >= 1.0 {
             balance.floor -= 1.0;
@@ -92,6 +97,12 @@ impl RetryBudget {
             false
         }
     }
+}
+
+/// `tokens` in thousandths, rounded (negative or NaN: 0).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped to u64's range
+fn milli(tokens: f64) -> u64 {
+    (tokens * MILLI).round().clamp(0.0, 1e15) as u64
 }
 
 /// "Full jitter" exponential back-off: a random delay in `[0, min(cap, base × 2^attempt)]`.

@@ -9,9 +9,13 @@
 //!   when the value is dropped, so tests run in parallel and leave nothing behind.
 //! - [`TcpProxy`]: a loopback TCP proxy a test can cut and restore, to stage an outage of a
 //!   backing service (the broker, the database) without touching the shared server.
+//! - [`LocalDns`]: a DNS server on loopback with answers the caller changes, for service
+//!   discovery the way Compose and Kubernetes do it.
 
+mod dns;
 mod proxy;
 
+pub use dns::LocalDns;
 pub use proxy::TcpProxy;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use url::Url;

@@ -6,6 +6,11 @@ use dockyard_runtime::{
 };
 use gateway::{SERVICE, config::Settings, startup::Application};
 
+/// mimalloc instead of the system allocator: a proxy allocates and frees many small buffers
+/// per request, and glibc's malloc showed up at about 10% of the gateway's CPU in `perf`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const COMMANDS: &[Command] = &[Command::Serve, Command::Healthcheck];
 
 #[tokio::main]

@@ -33,8 +33,13 @@ fn default_connect_timeout_ms() -> u64 {
 
 impl CatalogConfig {
     pub fn base_url(&self) -> Result<Url, ConfigError> {
-        let url = Url::parse(&self.catalog_url)
+        let mut url = Url::parse(&self.catalog_url)
             .map_err(|e| ConfigError::new("CATALOG_URL", format!("is not a valid URL ({e})")))?;
+        // A base with a path (`http://gateway/api/catalog`) keeps it: paths are joined to it.
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ConfigError::new(
                 "CATALOG_URL",
@@ -42,6 +47,22 @@ impl CatalogConfig {
             ));
         }
         Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod base_url_tests {
+    use dockyard_runtime::config::from_vars;
+
+    use super::*;
+
+    #[test]
+    fn a_base_path_is_kept_with_or_without_its_trailing_slash() {
+        for base in ["http://gw:8080/api/catalog", "http://gw:8080/api/catalog/"] {
+            let config: CatalogConfig = from_vars([("CATALOG_URL", base)]).unwrap();
+            let products = config.base_url().unwrap().join("products").unwrap();
+            assert_eq!(products.as_str(), "http://gw:8080/api/catalog/products");
+        }
     }
 }
 

@@ -53,7 +53,10 @@ async fn the_canary_gets_its_weight_within_3_percent_over_10k_clients() {
     }
 
     // 20% ± 3 points of 10 000.
-    assert!((1_700..=2_300).contains(&to_canary), "canary got {to_canary} of 10 000");
+    assert!(
+        (1_700..=2_300).contains(&to_canary),
+        "canary got {to_canary} of 10 000"
+    );
     assert_eq!(canary.hits(), to_canary);
 }
 

@@ -1,0 +1,41 @@
+//! The per-service databases on the PostgreSQL server `DATABASE_URL` points at.
+
+use sqlx::{Connection, PgConnection};
+use url::Url;
+
+/// The URL of database `name` on the server of `server_url`.
+pub fn url_of(server_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = Url::parse(server_url)?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.into())
+}
+
+/// Creates database `name` unless it exists; `true` if it was created now.
+pub async fn ensure(server_url: &str, name: &str) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "database name `{name}` must be letters, digits and _"
+    );
+    let mut connection = PgConnection::connect(server_url).await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut connection)
+        .await?;
+    if exists.is_none() {
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut connection)
+            .await?;
+    }
+    connection.close().await?;
+    Ok(exists.is_none())
+}
+
+/// Drops database `name` (closing its connections); for tests.
+pub async fn drop(server_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut connection = PgConnection::connect(server_url).await?;
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut connection)
+        .await?;
+    connection.close().await?;
+    Ok(())
+}

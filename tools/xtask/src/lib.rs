@@ -1,0 +1,20 @@
+//! # xtask
+//!
+//! Dockyard's developer tools, run as `cargo xtask <command>` (an alias in
+//! `.cargo/config.toml`).
+//!
+//! - `up`: the whole platform as local OS processes ([`stack`]).
+//! - `load`: realistic users through the gateway ([`load`]).
+//!
+//! # Layout
+//! - [`stack`]: starts and stops the platform: databases, one-off `migrate`/`seed`, then
+//!   catalog, order and gateway instances, each on its own loopback address; the end-to-end
+//!   test drives the same machinery.
+//! - [`database`]: creating the per-service databases.
+//! - [`logs`]: merging the instances' output with a coloured prefix each.
+//! - [`load`]: the load generator and its report.
+
+pub mod database;
+pub mod load;
+pub mod logs;
+pub mod stack;

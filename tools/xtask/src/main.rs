@@ -1,0 +1,165 @@
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use xtask::{load, logs, stack};
+
+/// Dockyard's developer tools.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the whole platform as local processes: catalog ×2, order, gateway (Ctrl-C stops it).
+    Up {
+        /// Catalog instances.
+        #[arg(long, default_value_t = 2)]
+        catalog: usize,
+        /// Order instances.
+        #[arg(long, default_value_t = 1)]
+        order: usize,
+        /// Also start a catalog canary instance…
+        #[arg(long)]
+        canary: bool,
+        /// …taking this percentage of clients.
+        #[arg(long, default_value_t = 10)]
+        canary_weight: u8,
+        /// The gateway's port on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The gateway admin API's port on 127.0.0.1.
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// Build and run release binaries.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Drive realistic users through the gateway and report req/s and latencies per endpoint.
+    Load {
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+        /// Concurrent users.
+        #[arg(long, default_value_t = 16)]
+        users: usize,
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Stop after this many requests, if sooner.
+        #[arg(long)]
+        requests: Option<u64>,
+    },
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Task::Up {
+            catalog,
+            order,
+            canary,
+            canary_weight,
+            port,
+            admin_port,
+            release,
+        } => {
+            let options = stack::Options {
+                catalog_instances: catalog.max(1),
+                order_instances: order.max(1),
+                canary,
+                canary_weight: canary_weight.min(100),
+                gateway_port: port,
+                admin_port,
+                database_url: env_or(
+                    "DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/postgres",
+                ),
+                catalog_database: env_or("CATALOG_DATABASE", "dockyard_catalog"),
+                order_database: env_or("ORDER_DATABASE", "dockyard_orders"),
+                amqp_url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+                amqp_exchange: env_or("AMQP_EXCHANGE", "dockyard.events"),
+                bin_dir: stack::bin_dir(release),
+                admin_token: env_or("ADMIN_TOKEN", "dockyard-local-admin-token"),
+                log_format: env_or("LOG_FORMAT", "pretty"),
+                show_logs: true,
+            };
+            up(options, release).await
+        }
+        Task::Load {
+            gateway,
+            users,
+            seconds,
+            requests,
+        } => {
+            let options = load::Options {
+                gateway,
+                users: users.max(1),
+                duration: Duration::from_secs(seconds.max(1)),
+                max_requests: requests,
+            };
+            let report = load::run(options, true).await;
+            print!("{report}");
+            if report.requests() == 0 {
+                eprintln!("no request got through: is the platform up (`cargo xtask up`)?");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn up(options: stack::Options, release: bool) -> ExitCode {
+    logs::say("building catalog, order and gateway");
+    if let Err(error) = tokio::task::spawn_blocking(move || stack::build(release))
+        .await
+        .unwrap_or_else(|e| Err(e.into()))
+    {
+        eprintln!("devstack: {error:#}");
+        return ExitCode::FAILURE;
+    }
+    let token = options.admin_token.clone();
+    let stack = match stack::Stack::start(options).await {
+        Ok(stack) => stack,
+        Err(error) => {
+            eprintln!("devstack: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logs::say(&format!(
+        "ready: gateway on {} (admin API {} with `Authorization: Bearer {token}`); Ctrl-C stops everything",
+        stack.gateway_url,
+        stack.admin_url()
+    ));
+    dockyard_shutdown().await;
+    logs::say("stopping: gateway first, then the services");
+    let statuses = stack.stop().await;
+    let failed: Vec<String> = statuses
+        .iter()
+        .filter(|(_, status)| !status.success())
+        .map(|(name, status)| format!("{name} ({status})"))
+        .collect();
+    if failed.is_empty() {
+        logs::say("every instance drained and exited 0");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("devstack: did not exit cleanly: {}", failed.join(", "));
+        ExitCode::FAILURE
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn dockyard_shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

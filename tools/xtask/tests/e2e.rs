@@ -1,0 +1,249 @@
+//! End to end: the whole platform as processes (the machinery of `cargo xtask up`), against
+//! the real PostgreSQL and RabbitMQ, on a database pair and an exchange of its own.
+//! Needs the service binaries in `target/debug` (`cargo test --workspace` builds them).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use dockyard_messaging::testing::{TestExchange, amqp_url};
+use serde_json::{Value, json};
+use xtask::{database, stack};
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| SERVER.to_owned())
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    ok: usize,
+    /// Answers other than 2xx, or requests cut after they were sent.
+    failed: Vec<String>,
+    /// Connections refused: the request was never sent (the gateway had stopped listening).
+    refused: usize,
+}
+
+/// `clients` loops of GETs through the gateway until `stop`; a fresh connection per request
+/// when `fresh` (so a request is either sent whole or refused).
+fn load(
+    gateway: &str,
+    product: &str,
+    clients: usize,
+    fresh: bool,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Tally>> {
+    (0..clients)
+        .map(|i| {
+            let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(20));
+            if fresh {
+                builder = builder.pool_max_idle_per_host(0);
+            }
+            let client = builder.build().unwrap();
+            let url = if i % 2 == 0 {
+                format!("{gateway}/api/catalog/products?limit=5")
+            } else {
+                format!("{gateway}/api/catalog/products/{product}")
+            };
+            let stop = Arc::clone(stop);
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(response) if response.status().is_success() => tally.ok += 1,
+                        Ok(response) => tally.failed.push(response.status().to_string()),
+                        Err(error) if error.is_connect() => {
+                            tally.refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(error) => tally.failed.push(error.to_string()),
+                    }
+                }
+                tally
+            })
+        })
+        .collect()
+}
+
+async fn total(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut sum = Tally::default();
+    for task in tasks {
+        let tally = task.await.unwrap();
+        sum.ok += tally.ok;
+        sum.refused += tally.refused;
+        sum.failed.extend(tally.failed);
+    }
+    sum
+}
+
+async fn served_products(instance: &str) -> f64 {
+    let metrics = reqwest::get(format!("{instance}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("dockyard_http_requests_total") && l.contains("route=\"/products")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// gateway → order → catalog, and the saga confirms the order; returns the product.
+async fn order_is_confirmed(gateway: &str) -> String {
+    let client = reqwest::Client::new();
+    let page: Value = client
+        .get(format!("{gateway}/api/catalog/products?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let product = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let placed = client
+        .post(format!("{gateway}/api/orders/orders"))
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"customer_id": uuid::Uuid::now_v7(), "lines": [{"product_id": product, "quantity": 2}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    let order: Value = placed.json().await.unwrap();
+    let order_url = format!(
+        "{gateway}/api/orders/orders/{}",
+        order["id"].as_str().unwrap()
+    );
+    let mut status = Value::Null;
+    for _ in 0..150 {
+        let seen: Value = client
+            .get(&order_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status = seen["status"].clone();
+        if status == "confirmed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "confirmed", "the saga confirms the order");
+
+    product
+}
+
+/// Scale out: an added catalog instance receives traffic once discovered and checked.
+async fn added_instance_takes_traffic(platform: &mut stack::Stack, product: &str) {
+    let (client, gateway) = (reqwest::Client::new(), platform.gateway_url.clone());
+    let added = platform.add_catalog().await.unwrap();
+    let added_url = platform.url_of(&added).unwrap();
+    let before = served_products(&added_url).await;
+    let mut served = before;
+    for _ in 0..100 {
+        for _ in 0..10 {
+            let response = client
+                .get(format!("{gateway}/api/catalog/products/{product}"))
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success());
+        }
+        served = served_products(&added_url).await;
+        if served > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served > before, "{added} never received a request");
+}
+
+#[tokio::test]
+async fn the_platform_serves_survives_a_crash_scales_out_and_drains_on_sigterm() {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (catalog_db, order_db) = (
+        format!("e2e_catalog_{suffix}"),
+        format!("e2e_orders_{suffix}"),
+    );
+    let exchange = TestExchange::new();
+    let options = stack::Options {
+        catalog_instances: 2,
+        order_instances: 1,
+        canary: false,
+        canary_weight: 0,
+        gateway_port: 0,
+        admin_port: 0,
+        database_url: server_url(),
+        catalog_database: catalog_db.clone(),
+        order_database: order_db.clone(),
+        amqp_url: amqp_url(),
+        amqp_exchange: exchange.name().to_owned(),
+        bin_dir: stack::bin_dir(false),
+        admin_token: "e2e-admin-token-0123456789".to_owned(),
+        log_format: "json".to_owned(),
+        show_logs: false,
+    };
+    let mut platform = stack::Stack::start(options).await.unwrap();
+    let gateway = platform.gateway_url.clone();
+    let product = order_is_confirmed(&gateway).await;
+
+    // Kill one catalog instance under load: no GET fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&gateway, &product, 8, false, &stop);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    platform.kill("catalog-1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let crash = total(tasks).await;
+    assert!(crash.ok > 50, "{crash:?}");
+    assert!(crash.failed.is_empty() && crash.refused == 0, "{crash:?}");
+
+    added_instance_takes_traffic(&mut platform, &product).await;
+
+    // SIGTERM the whole stack under load: requests in flight finish, every process exits 0.
+    // The clients act as a load balancer would: they stop sending once the gateway's
+    // readiness turns 503 (it does so 300 ms before it closes its listener).
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&gateway, &product, 8, true, &stop);
+    let balancer = tokio::spawn({
+        let (stop, ready) = (Arc::clone(&stop), format!("{gateway}/health/ready"));
+        async move {
+            while reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let statuses = platform.stop().await;
+    stop.store(true, Ordering::Relaxed);
+    balancer.await.unwrap();
+    let drain = total(tasks).await;
+    assert!(drain.ok > 20, "{drain:?}");
+    assert!(
+        drain.failed.is_empty(),
+        "no request in flight failed: {drain:?}"
+    );
+    for (name, status) in &statuses {
+        if name != "catalog-1" {
+            assert!(status.success(), "{name} exited with {status}");
+        }
+    }
+
+    drop(exchange);
+    database::drop(&server_url(), &catalog_db).await.unwrap();
+    database::drop(&server_url(), &order_db).await.unwrap();
+}
