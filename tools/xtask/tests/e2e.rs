@@ -20,6 +20,26 @@ fn server_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| SERVER.to_owned())
 }
 
+/// Drops the test's databases when dropped, even when the test panics.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            for name in names {
+                let _ = runtime.block_on(database::drop(&server_url(), &name));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tally {
     ok: usize,
@@ -175,6 +195,7 @@ async fn the_platform_serves_survives_a_crash_scales_out_and_drains_on_sigterm()
         format!("e2e_catalog_{suffix}"),
         format!("e2e_orders_{suffix}"),
     );
+    let _cleanup = Cleanup(vec![catalog_db.clone(), order_db.clone()]);
     let exchange = TestExchange::new();
     let options = stack::Options {
         catalog_instances: 2,
@@ -242,8 +263,4 @@ async fn the_platform_serves_survives_a_crash_scales_out_and_drains_on_sigterm()
             assert!(status.success(), "{name} exited with {status}");
         }
     }
-
-    drop(exchange);
-    database::drop(&server_url(), &catalog_db).await.unwrap();
-    database::drop(&server_url(), &order_db).await.unwrap();
 }
