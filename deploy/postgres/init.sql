@@ -1,0 +1,4 @@
+-- One database per service (each service owns its data); run once by the postgres image on
+-- its first start.
+CREATE DATABASE catalog;
+CREATE DATABASE orders;
