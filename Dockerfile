@@ -6,6 +6,8 @@
 # runtime stage per service: distroless, non-root, no shell, no curl; the binary's own
 # `healthcheck` command is the container health check.
 
+# The builder is Debian 12 (bookworm) like the runtime base, so the binaries link against the
+# glibc they run with. Rust 1.95 ≥ the workspace's rust-version (1.88) and reads lockfile v4.
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef
 RUN cargo install cargo-chef --locked --version 0.1.77
@@ -17,8 +19,10 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-# Only the dependencies: this layer is reused until Cargo.lock or a manifest changes.
-RUN cargo chef cook --release --locked --recipe-path recipe.json
+# Only the dependencies: this layer is reused until Cargo.lock or a manifest changes. The same
+# packages as the build below, so cargo unifies the same features and reuses every artifact
+# (the whole workspace would add the dev tools' dependencies and other feature sets).
+RUN cargo chef cook --release --locked -p catalog -p order -p gateway --recipe-path recipe.json
 COPY . .
 ARG RELEASE_ID=dev
 ENV RELEASE_ID=${RELEASE_ID}
