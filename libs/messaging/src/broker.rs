@@ -12,6 +12,8 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+use dockyard_runtime::health::Verdict;
+
 use crate::{config::BrokerConfig, topology};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -98,9 +100,12 @@ impl Broker {
 async fn connect(config: &BrokerConfig) -> lapin::Result<Connection> {
     let connection =
         Connection::connect(config.amqp_url.expose(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    topology::declare(&channel, &config.amqp_exchange, config.amqp_delivery_limit).await?;
-    channel.close(200, "topology declared".into()).await?;
+    topology::declare(
+        &connection,
+        &config.amqp_exchange,
+        config.amqp_delivery_limit,
+    )
+    .await?;
     Ok(connection)
 }
 
@@ -162,12 +167,12 @@ impl dockyard_runtime::health::ReadinessCheck for BrokerCheck {
         "broker"
     }
 
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>> {
         Box::pin(async move {
             if self.0.is_connected() {
-                Ok(())
+                Verdict::Up
             } else {
-                Err("not connected to the broker; reconnecting".to_owned())
+                Verdict::Down("not connected to the broker; reconnecting".to_owned())
             }
         })
     }

@@ -5,66 +5,141 @@
 //! and its acknowledgement can never disagree: a crash before the commit redelivers the
 //! message; a crash after it finds the inbox row.
 //!
-//! Failures: a database outage is waited out (the message stays unacked, retried with
-//! back-off) because it says nothing about the message. A message that cannot be understood
-//! (malformed, unknown version) or that the handler rejects as permanently invalid goes to the
-//! dead-letter queue at once. Any other handler error requeues it; the quorum queue's delivery
-//! limit dead-letters it after `AMQP_DELIVERY_LIMIT` attempts.
+//! Failures are told apart by what they say about the event:
+//! - **The database is unavailable** (connection lost, server restarting, a deadlock or
+//!   serialization failure: [`dockyard_runtime::database::is_transient`]): it says nothing about
+//!   the event, so the same delivery is retried with back-off for as long as the outage lasts.
+//!   If the database answers again and the same event still fails this way, it counts as a
+//!   failure of the event (below).
+//! - **The event can never be applied**: malformed, an unknown type or version, refused by the
+//!   handler, or refused by the database (a data exception, a constraint violation). It is given
+//!   up on at once: the handler *compensates* in a transaction of its own, so the business
+//!   process still ends (the order is rejected, the cancellation recorded), then the message
+//!   goes to the dead-letter queue with the reason in its headers, for `dlq list` / `replay`.
+//! - **Anything else** (a handler error, a panic): the event is re-queued at the tail of the
+//!   queue with its failure count in a header, so it never blocks the events behind it, and
+//!   given up on after `AMQP_FAILURE_LIMIT` failures. Counting in the message means the deaths
+//!   of consumers that merely held it cost nothing; the broker's own `x-delivery-limit` only
+//!   backs up the case of an event that kills its process.
+//!
+//! A consumer starts each connection with a prefetch of one and widens it after its first
+//! handled event, so a process that crashes at start-up returns one event, not a window.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
+    BasicProperties, Channel, Confirmation,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable, ShortString},
 };
 use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, envelope::Envelope, inbox, topology};
+use crate::{Broker, broker::Session, envelope::Envelope, inbox, status::ConsumerStatus, topology};
+
+/// Header: how many times handlers failed on this event (absent: never).
+pub const FAILURES_HEADER: &str = "x-dockyard-failures";
+/// Header on a dead letter: why it was given up on.
+pub const REASON_HEADER: &str = "x-dockyard-reason";
+/// Header on a dead letter: when it was given up on (RFC 3339).
+pub const DEAD_AT_HEADER: &str = "x-dockyard-dead-lettered-at";
 
 /// What a handler reports when it cannot apply an event.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// The event can never be applied (invalid content): dead-letter it now.
+    /// The event can never be applied (invalid content): compensate and dead-letter it now.
     #[error("permanently invalid: {0}")]
     Permanent(String),
-    /// The database failed: retry the same delivery after a pause.
+    /// A statement failed: retried while the database is unavailable, given up on when the
+    /// database refused it (see the module documentation).
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// Anything else: requeue; the delivery limit dead-letters a message that keeps failing.
+    /// Anything else: re-queued and counted; given up on after `AMQP_FAILURE_LIMIT` failures.
     #[error("{0}")]
     Failed(String),
 }
 
-/// What happened to a delivery, for logs and tests.
+/// What a delivery came to, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
     Applied,
     Duplicate,
+    /// Failed; re-queued at the tail with its failure count.
+    Requeued,
+    /// Given up on: compensated and dead-lettered.
+    DeadLettered,
 }
+
+impl Handled {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Requeued => "requeued",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// What a compensation leaves for a replay of the dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compensation {
+    /// The event's step is closed for good: it is recorded as handled (in the inbox), so a
+    /// replay from the dead-letter queue does nothing.
+    Settled,
+    /// Nothing was done that would stop a replay from applying the event later, once an
+    /// operator has fixed what made it fail.
+    Replayable,
+}
+
+/// A boxed future borrowing the handler, its transaction and the envelope.
+pub type HandlerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A service's reaction to events. It runs inside the transaction that also records the
 /// message in the inbox; write effects (and outbox events) through `transaction`.
 pub trait Handler: Send + Sync + 'static {
-    /// Payload versions this handler understands, per event type; others are dead-lettered.
+    /// Payload versions this handler understands, per event type; others are given up on.
     fn understands(&self, envelope: &Envelope) -> bool;
 
     fn handle<'a>(
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+    ) -> HandlerFuture<'a, Result<(), HandlerError>>;
+
+    /// The event is given up on (`reason` says why): close its step of the business process
+    /// in `transaction` (a transaction of its own, committed before the message is
+    /// dead-lettered) so that the process still reaches an end. The default does nothing.
+    fn compensate<'a>(
+        &'a self,
+        transaction: &'a mut PgConnection,
+        envelope: &'a Envelope,
+        reason: &'a str,
+    ) -> HandlerFuture<'a, Result<Compensation, sqlx::Error>> {
+        let _ = (transaction, envelope, reason);
+        Box::pin(async { Ok(Compensation::Replayable) })
+    }
 }
 
-/// One consumer: its name (which selects its queue and inbox rows) and its handler.
+/// One consumer: its name (which selects its queue and inbox rows), its handler, and the
+/// status it keeps for readiness and metrics.
 #[derive(Clone)]
 pub struct Subscription {
-    pub consumer: &'static str,
-    pub handler: Arc<dyn Handler>,
+    consumer: &'static str,
+    handler: Arc<dyn Handler>,
+    status: Arc<ConsumerStatus>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -75,9 +150,47 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// Back-off while the database is unavailable.
+const DATABASE_RETRY_MIN: Duration = Duration::from_millis(100);
 const DATABASE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Transient failures of one event after which the database is asked whether it is up: if it
+/// is, the event itself is failing, and the failure is counted against it.
+const TRANSIENT_BEFORE_PING: u32 = 5;
+/// How often the dead-letter queue's depth is read.
+const DEAD_LETTER_POLL: Duration = Duration::from_secs(5);
+
+/// Why consuming on a session stopped.
+enum Stop {
+    /// Shutdown: the current event is finished or left unacked for another consumer.
+    Shutdown,
+    /// The connection or channel broke: resume on the next session.
+    Broken(lapin::Error),
+}
+
+impl From<lapin::Error> for Stop {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broken(error)
+    }
+}
 
 impl Subscription {
+    pub fn new(consumer: &'static str, handler: Arc<dyn Handler>) -> Self {
+        Self {
+            consumer,
+            handler,
+            status: Arc::new(ConsumerStatus::new(consumer)),
+        }
+    }
+
+    pub fn consumer(&self) -> &'static str {
+        self.consumer
+    }
+
+    /// Its status, for a readiness check and metrics ([`crate::status::ConsumerCheck`]).
+    pub fn status(&self) -> Arc<ConsumerStatus> {
+        Arc::clone(&self.status)
+    }
+
     /// Consumes until `shutdown`: the message being handled then is finished and acked first.
     pub async fn run(self, pool: PgPool, broker: Broker, shutdown: CancellationToken) {
         while let Some(session) = broker.session(&shutdown).await {
@@ -85,10 +198,14 @@ impl Subscription {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(consumer = self.consumer, %error, "consuming stopped; resuming on the next connection");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
                 }
             }
         }
+        self.status.finish();
         tracing::info!(consumer = self.consumer, "consumer stopped");
     }
 
@@ -96,112 +213,433 @@ impl Subscription {
         &self,
         pool: &PgPool,
         broker: &Broker,
-        session: &crate::broker::Session,
+        session: &Session,
         shutdown: &CancellationToken,
     ) -> lapin::Result<()> {
         let config = broker.config();
         let queue = topology::queue_name(&config.amqp_exchange, self.consumer);
         let channel = session.channel().await?;
-        channel
-            .basic_qos(config.amqp_prefetch, BasicQosOptions::default())
+        let publisher = session.channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let tag = format!("{}-{}", self.consumer, uuid::Uuid::new_v4().simple());
+        let consumer = Consumer {
+            subscription: self,
+            pool,
+            session,
+            publisher: &publisher,
+            queue: &queue,
+            dead_letter_exchange: topology::dead_letter_exchange(&config.amqp_exchange),
+            failure_limit: config.amqp_failure_limit,
+            shutdown,
+        };
+        // Slow start: one event in hand until one was handled on this connection.
+        let mut prefetch = 1;
+        let result = loop {
+            match consumer
+                .consume_with(&channel, prefetch, config.amqp_prefetch)
+                .await
+            {
+                Ok(Widen) if prefetch < config.amqp_prefetch => prefetch = config.amqp_prefetch,
+                Ok(Widen) => {}
+                Err(Stop::Shutdown) => break Ok(()),
+                Err(Stop::Broken(error)) => break Err(error),
+            }
+        };
+        // Unacked prefetched messages return to the queue when the channel closes.
+        let _ = channel.close(200, "consumer stopping".into()).await;
+        let _ = publisher.close(200, "consumer stopping".into()).await;
+        result
+    }
+}
+
+/// [`Consumer::consume_with`] returned to re-subscribe with the full prefetch.
+struct Widen;
+
+/// One session's consuming state.
+struct Consumer<'a> {
+    subscription: &'a Subscription,
+    pool: &'a PgPool,
+    session: &'a Session,
+    /// A confirm-mode channel for re-queued and dead-lettered copies.
+    publisher: &'a Channel,
+    queue: &'a str,
+    dead_letter_exchange: String,
+    failure_limit: u32,
+    shutdown: &'a CancellationToken,
+}
+
+impl Consumer<'_> {
+    fn name(&self) -> &'static str {
+        self.subscription.consumer
+    }
+
+    /// Subscribes with `prefetch`; returns [`Widen`] after the first handled event when the
+    /// prefetch is below `full`, else consumes until shutdown or a broken channel.
+    async fn consume_with(
+        &self,
+        channel: &Channel,
+        prefetch: u16,
+        full: u16,
+    ) -> Result<Widen, Stop> {
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!("{}-{}", self.name(), uuid::Uuid::new_v4().simple());
         let mut deliveries = channel
             .basic_consume(
-                queue.as_str().into(),
+                self.queue.into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        tracing::info!(consumer = self.consumer, queue, "consuming");
+        tracing::info!(
+            consumer = self.name(),
+            queue = self.queue,
+            prefetch,
+            "consuming"
+        );
+        let mut poll = tokio::time::interval(DEAD_LETTER_POLL);
+        // Set once the subscription is cancelled to widen the prefetch: the deliveries already
+        // sent to it are still handled, then the stream ends.
+        let mut widening = false;
         loop {
             let delivery = tokio::select! {
-                () = shutdown.cancelled() => {
+                () = self.shutdown.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    // Unacked prefetched messages return to the queue when the channel closes.
-                    let _ = channel.close(200, "consumer stopping".into()).await;
-                    return Ok(());
+                    return Err(Stop::Shutdown);
+                }
+                _ = poll.tick() => {
+                    self.count_dead_letters().await;
+                    continue;
                 }
                 delivery = deliveries.next() => delivery,
             };
-            match delivery {
-                Some(Ok(delivery)) => self.process(pool, delivery, shutdown).await?,
-                Some(Err(error)) => return Err(error),
-                None => {
-                    return Err(lapin::ErrorKind::InvalidConnectionState(
-                        lapin::ConnectionState::Closed,
-                    )
-                    .into());
-                }
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Err(Stop::Broken(error)),
+                None if widening => return Ok(Widen),
+                None => return Err(Stop::Broken(closed())),
+            };
+            // lapin may still hand out deliveries buffered before the channel broke; their
+            // acks would be lost and the broker has taken them back already.
+            if !channel.status().connected() {
+                return Err(Stop::Broken(closed()));
+            }
+            let handled = self.process(delivery).await?;
+            if handled != Handled::Requeued && prefetch < full && !widening {
+                widening = true;
+                channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await?;
             }
         }
     }
 
-    async fn process(
-        &self,
-        pool: &PgPool,
-        delivery: Delivery,
-        shutdown: &CancellationToken,
-    ) -> lapin::Result<()> {
+    async fn count_dead_letters(&self) {
+        let dead_letter_queue = format!("{}.dlq", self.queue);
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        // A channel of its own: a failed passive declare closes the channel it ran on.
+        let Ok(channel) = self.session.channel().await else {
+            return;
+        };
+        if let Ok(queue) = channel
+            .queue_declare(
+                dead_letter_queue.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+        {
+            self.subscription
+                .status
+                .dead_letters_seen(queue.message_count(), Instant::now());
+        }
+        let _ = channel.close(200, "counted".into()).await;
+    }
+
+    /// Handles one delivery to its end: acked, re-queued or dead-lettered.
+    async fn process(&self, delivery: Delivery) -> Result<Handled, Stop> {
         let envelope = match serde_json::from_slice::<Envelope>(&delivery.data) {
-            Ok(envelope) if self.handler.understands(&envelope) => envelope,
-            Ok(envelope) => {
-                tracing::error!(consumer = self.consumer, kind = envelope.kind, version = envelope.version, id = %envelope.id, "unknown event version; dead-lettering");
-                return dead_letter(&delivery).await;
-            }
+            Ok(envelope) => envelope,
             Err(error) => {
-                tracing::error!(consumer = self.consumer, %error, "malformed message; dead-lettering");
-                return dead_letter(&delivery).await;
+                let reason = format!("malformed message: {error}");
+                tracing::error!(consumer = self.name(), reason, "dead-lettering");
+                self.dead_letter(&delivery, &reason, 0).await?;
+                return Ok(self.done(Handled::DeadLettered));
             }
         };
-        let mut pause = Duration::from_millis(100);
+        if !self.subscription.handler.understands(&envelope) {
+            let reason = format!(
+                "unknown event: {} version {}",
+                envelope.kind, envelope.version
+            );
+            return self.give_up(&delivery, &envelope, &reason, 0).await;
+        }
+        let failures = failures_of(&delivery);
+        let status = &self.subscription.status;
+        status.started(envelope.id, Instant::now());
+        let outcome = self.attempt(&envelope).await;
+        status.ended();
+        let handled = match outcome {
+            Attempt::Applied(handled) => {
+                tracing::info!(consumer = self.name(), kind = envelope.kind, id = %envelope.id, correlation_id = %envelope.correlation_id, handled = handled.as_str(), "event handled");
+                delivery.ack(BasicAckOptions::default()).await?;
+                handled
+            }
+            Attempt::Shutdown => return Err(Stop::Shutdown),
+            Attempt::Refused(reason) => {
+                return self.give_up(&delivery, &envelope, &reason, failures).await;
+            }
+            Attempt::Failed(error) if failures + 1 >= self.failure_limit => {
+                let reason = format!("failed {} times, last: {error}", failures + 1);
+                return self
+                    .give_up(&delivery, &envelope, &reason, failures + 1)
+                    .await;
+            }
+            Attempt::Failed(error) => {
+                tracing::warn!(consumer = self.name(), kind = envelope.kind, id = %envelope.id, failures = failures + 1, error, "event failed; re-queued at the tail");
+                self.requeue(&delivery, failures + 1).await?;
+                Handled::Requeued
+            }
+        };
+        Ok(self.done(handled))
+    }
+
+    fn done(&self, handled: Handled) -> Handled {
+        self.subscription.status.handled(handled, Instant::now());
+        handled
+    }
+
+    /// Applies the event, waiting out database outages.
+    async fn attempt(&self, envelope: &Envelope) -> Attempt {
+        let mut pause = DATABASE_RETRY_MIN;
+        let mut transient = 0;
         loop {
-            match self.apply(pool, &envelope).await {
-                Ok(handled) => {
-                    tracing::info!(consumer = self.consumer, kind = envelope.kind, id = %envelope.id, correlation_id = %envelope.correlation_id, ?handled, "event handled");
-                    return delivery.ack(BasicAckOptions::default()).await.map(drop);
+            let result = AssertUnwindSafe(self.apply(envelope)).catch_unwind().await;
+            let error = match result {
+                Ok(Ok(handled)) => return Attempt::Applied(handled),
+                Ok(Err(HandlerError::Permanent(reason))) => return Attempt::Refused(reason),
+                Ok(Err(HandlerError::Failed(reason))) => return Attempt::Failed(reason),
+                Err(panic) => {
+                    return Attempt::Failed(format!(
+                        "the handler panicked: {}",
+                        panic_text(&*panic)
+                    ));
                 }
-                Err(HandlerError::Permanent(reason)) => {
-                    tracing::error!(consumer = self.consumer, kind = envelope.kind, id = %envelope.id, reason, "event rejected; dead-lettering");
-                    return dead_letter(&delivery).await;
+                Ok(Err(HandlerError::Database(error))) => error,
+            };
+            if !dockyard_runtime::database::is_transient(&error) {
+                return Attempt::Refused(format!("the database refused it: {error}"));
+            }
+            if self.shutdown.is_cancelled() {
+                return Attempt::Shutdown;
+            }
+            transient += 1;
+            if transient >= TRANSIENT_BEFORE_PING && self.database_answers().await {
+                return Attempt::Failed(format!("{error} (the database is up)"));
+            }
+            tracing::warn!(consumer = self.name(), id = %envelope.id, %error, retry_in_ms = pause.as_millis(), "database unavailable; retrying the event");
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Attempt::Shutdown,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(DATABASE_RETRY_MAX);
+        }
+    }
+
+    async fn database_answers(&self) -> bool {
+        sqlx::query("SELECT 1").execute(self.pool).await.is_ok()
+    }
+
+    async fn apply(&self, envelope: &Envelope) -> Result<Handled, HandlerError> {
+        let mut transaction = self.pool.begin().await?;
+        if !inbox::claim(&mut transaction, self.name(), envelope.id).await? {
+            return Ok(Handled::Duplicate);
+        }
+        self.subscription
+            .handler
+            .handle(&mut transaction, envelope)
+            .await?;
+        transaction.commit().await?;
+        Ok(Handled::Applied)
+    }
+
+    /// Compensates (retrying while the database is unavailable), then dead-letters.
+    async fn give_up(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        reason: &str,
+        failures: u32,
+    ) -> Result<Handled, Stop> {
+        tracing::error!(consumer = self.name(), kind = envelope.kind, id = %envelope.id, correlation_id = %envelope.correlation_id, reason, "giving up on the event: compensating and dead-lettering");
+        let mut pause = DATABASE_RETRY_MIN;
+        loop {
+            match self.compensate(envelope, reason).await {
+                Ok(compensation) => {
+                    tracing::info!(consumer = self.name(), id = %envelope.id, ?compensation, "compensated");
+                    break;
                 }
-                Err(HandlerError::Database(error)) if !shutdown.is_cancelled() => {
-                    tracing::warn!(consumer = self.consumer, id = %envelope.id, %error, "database unavailable; retrying the event");
+                Err(error) if dockyard_runtime::database::is_transient(&error) => {
+                    if self.shutdown.is_cancelled() {
+                        return Err(Stop::Shutdown);
+                    }
+                    tracing::warn!(consumer = self.name(), id = %envelope.id, %error, "database unavailable; retrying the compensation");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(DATABASE_RETRY_MAX);
                 }
                 Err(error) => {
-                    tracing::warn!(consumer = self.consumer, kind = envelope.kind, id = %envelope.id, %error, "event failed; requeued");
-                    return delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
-                        .map(drop);
+                    tracing::error!(consumer = self.name(), id = %envelope.id, %error, "the compensation failed; the dead letter needs an operator");
+                    break;
                 }
             }
         }
+        self.dead_letter(delivery, reason, failures).await?;
+        Ok(self.done(Handled::DeadLettered))
     }
 
-    async fn apply(&self, pool: &PgPool, envelope: &Envelope) -> Result<Handled, HandlerError> {
-        let mut transaction = pool.begin().await?;
-        if !inbox::claim(&mut transaction, self.consumer, envelope.id).await? {
-            return Ok(Handled::Duplicate);
+    async fn compensate(
+        &self,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> Result<Compensation, sqlx::Error> {
+        let mut transaction = self.pool.begin().await?;
+        let compensation = self
+            .subscription
+            .handler
+            .compensate(&mut transaction, envelope, reason)
+            .await?;
+        if compensation == Compensation::Settled {
+            inbox::claim(&mut transaction, self.name(), envelope.id).await?;
         }
-        self.handler.handle(&mut transaction, envelope).await?;
         transaction.commit().await?;
-        Ok(Handled::Applied)
+        Ok(compensation)
+    }
+
+    /// Publishes a copy to the dead-letter queue, with the reason and the failure count, then
+    /// acks the original.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        failures: u32,
+    ) -> Result<(), Stop> {
+        let now = OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let mut headers = headers_of(delivery);
+        headers.insert(REASON_HEADER.into(), long_string(reason));
+        headers.insert(DEAD_AT_HEADER.into(), long_string(&now));
+        headers.insert(FAILURES_HEADER.into(), AMQPValue::LongUInt(failures));
+        self.republish(delivery, &self.dead_letter_exchange, headers)
+            .await
+    }
+
+    /// Publishes a copy at the tail of the queue with `failures`, then acks the original.
+    async fn requeue(&self, delivery: &Delivery, failures: u32) -> Result<(), Stop> {
+        let mut headers = headers_of(delivery);
+        headers.insert(FAILURES_HEADER.into(), AMQPValue::LongUInt(failures));
+        self.republish(delivery, "", headers).await
+    }
+
+    /// `exchange` routes by the queue's name: the default exchange delivers to the queue
+    /// itself, the dead-letter exchange to its dead-letter queue. The original is acked only
+    /// once the copy is confirmed, so a crash in between leaves a duplicate, never a loss
+    /// (the inbox makes the duplicate harmless).
+    async fn republish(
+        &self,
+        delivery: &Delivery,
+        exchange: &str,
+        headers: FieldTable,
+    ) -> Result<(), Stop> {
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        let confirmation = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                self.queue.into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await?;
+        if !matches!(confirmation, Confirmation::Ack(_)) {
+            return Err(Stop::Broken(closed()));
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
     }
 }
 
-async fn dead_letter(delivery: &Delivery) -> lapin::Result<()> {
-    delivery
-        .nack(BasicNackOptions {
-            requeue: false,
-            ..BasicNackOptions::default()
-        })
-        .await
-        .map(drop)
+/// The error for a channel or connection that is gone.
+fn closed() -> lapin::Error {
+    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into()
+}
+
+/// How applying an event ended.
+enum Attempt {
+    Applied(Handled),
+    /// It can never be applied: give up now.
+    Refused(String),
+    /// It failed; count it.
+    Failed(String),
+    /// Shutdown came while waiting out an outage: leave it for another consumer.
+    Shutdown,
+}
+
+fn headers_of(delivery: &Delivery) -> FieldTable {
+    delivery.properties.headers().clone().unwrap_or_default()
+}
+
+fn long_string(text: &str) -> AMQPValue {
+    AMQPValue::LongString(text.into())
+}
+
+/// The failure count a previous consumer wrote into the message.
+pub fn failures_of(delivery: &Delivery) -> u32 {
+    header_u32(delivery.properties.headers().as_ref(), FAILURES_HEADER)
+}
+
+/// A numeric header, whatever integer type it travelled as.
+pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> u32 {
+    let Some(value) = headers.and_then(|h| h.inner().get(&ShortString::from(name))) else {
+        return 0;
+    };
+    let number = match value {
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        _ => 0,
+    };
+    u32::try_from(number).unwrap_or(0)
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
+}
+
+/// The properties a relay gives an event: for publishing copies outside the relay.
+pub fn event_properties(envelope: &Envelope) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(envelope.id.to_string().into())
+        .with_type(envelope.kind.as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
 }

@@ -10,7 +10,9 @@
 //!   fallback. While the broker is away, events simply wait in the table.
 //! - **Consuming** ([`consumer`]) acks only after the handler's transaction commits, and that
 //!   transaction records the message id in the [`inbox`], so a redelivery has no second effect.
-//!   Failing messages are retried up to the queue's delivery limit, then dead-lettered.
+//!   Database outages are waited out; an event that can never be applied, or that keeps
+//!   failing, is compensated by the handler and dead-lettered with the reason, without
+//!   blocking the events behind it. The [`dlq`] commands list, show and replay dead letters.
 //! - **Connection** ([`broker`]): lapin is supervised by a task that connects with back-off,
 //!   declares the [`topology`], hands sessions to consumers and the relay, and reconnects when
 //!   the connection drops (or was never up at start). Readiness is false while it is down.
@@ -23,15 +25,19 @@
 //! - [`outbox`]: enqueueing in a transaction, and the relay.
 //! - [`inbox`]: de-duplication of handled messages.
 //! - [`consumer`]: the consume loop around a service's handler.
+//! - [`status`]: a consumer's state for readiness (stuck, dead letters growing) and metrics.
+//! - [`dlq`]: the one-off `dlq list | show | replay` commands.
 //! - [`workers`]: a service's consumer and relay, started together, stopped in order.
 //! - `testing` (feature `testing`): a private exchange per test and an event probe.
 
 pub mod broker;
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
+pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topology;
@@ -39,9 +45,10 @@ pub mod workers;
 
 pub use broker::{Broker, BrokerCheck};
 pub use config::BrokerConfig;
-pub use consumer::{Handled, Handler, HandlerError, Subscription};
+pub use consumer::{Compensation, Handled, Handler, HandlerError, HandlerFuture, Subscription};
 pub use envelope::Envelope;
 pub use outbox::OutboxRelay;
+pub use status::{ConsumerCheck, ConsumerStatus};
 pub use workers::EventWorkers;
 
 /// The outbox and inbox tables. Services run it from their `migrate` command, beside their own

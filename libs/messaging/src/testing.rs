@@ -57,14 +57,54 @@ impl TestExchange {
         let _ = connection.close(200, "published".into()).await;
     }
 
+    /// How many messages wait in `consumer`'s dead-letter queue.
+    pub async fn dead_letters(&self, consumer: &str) -> u32 {
+        let connection = connect().await;
+        let channel = connection.create_channel().await.expect("a channel");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(
+                topology::dead_letter_queue(&self.name, consumer)
+                    .as_str()
+                    .into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .expect("the dead-letter queue exists");
+        let _ = connection.close(200, "counted".into()).await;
+        queue.message_count()
+    }
+
+    /// Waits up to `timeout` until `consumer`'s dead-letter queue holds `expected` messages;
+    /// returns the last count seen.
+    pub async fn wait_for_dead_letters(
+        &self,
+        consumer: &str,
+        expected: u32,
+        timeout: Duration,
+    ) -> u32 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let count = self.dead_letters(consumer).await;
+            if count >= expected || tokio::time::Instant::now() >= deadline {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A probe receiving every event published with a key matching `pattern` from now on.
     pub async fn probe(&self, pattern: &str) -> EventProbe {
         let connection = connect().await;
-        let channel = connection.create_channel().await.expect("a channel");
         // The exchange may not exist yet if no service has connected: declare it the same way.
-        topology::declare(&channel, &self.name, 5)
+        topology::declare(&connection, &self.name, 20)
             .await
             .expect("declaring the topology");
+        let channel = connection.create_channel().await.expect("a channel");
         let exclusive = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,

@@ -6,7 +6,7 @@
 //! consumer, so an event published before its consumer first started is queued, not dropped.
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
@@ -61,7 +61,17 @@ fn text(value: &str) -> AMQPValue {
 }
 
 /// Declares the exchange, the dead-letter exchange, and every queue with its dead-letter queue.
-pub async fn declare(channel: &Channel, exchange: &str, delivery_limit: u32) -> lapin::Result<()> {
+///
+/// A queue that already exists with another `x-delivery-limit` (declared by an older release)
+/// is kept as it is, with a warning: RabbitMQ cannot change a queue's arguments, and refusing
+/// to start would turn an upgrade into an outage. Delete the queue (when empty) to apply the
+/// new limit.
+pub async fn declare(
+    connection: &Connection,
+    exchange: &str,
+    delivery_limit: u32,
+) -> lapin::Result<()> {
+    let mut channel = connection.create_channel().await?;
     let dlx = dead_letter_exchange(exchange);
     channel
         .exchange_declare(
@@ -103,9 +113,22 @@ pub async fn declare(channel: &Channel, exchange: &str, delivery_limit: u32) -> 
             "x-delivery-limit".into(),
             AMQPValue::LongInt(i32::try_from(delivery_limit).unwrap_or(i32::MAX)),
         );
-        channel
+        if let Err(error) = channel
             .queue_declare(queue.as_str().into(), durable_queue(), arguments)
-            .await?;
+            .await
+        {
+            // The broker closed the channel (406 PRECONDITION_FAILED): the queue exists with
+            // other arguments. Keep it if it exists at all.
+            tracing::warn!(queue, %error, "the queue exists with other arguments; keeping them (delete it when empty to apply AMQP_DELIVERY_LIMIT)");
+            channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..durable_queue()
+            };
+            channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await?;
+        }
         for key in spec.bindings {
             channel
                 .queue_bind(
@@ -118,7 +141,7 @@ pub async fn declare(channel: &Channel, exchange: &str, delivery_limit: u32) -> 
                 .await?;
         }
     }
-    Ok(())
+    channel.close(200, "topology declared".into()).await
 }
 
 /// Deletes every queue and exchange [`declare`] creates for `exchange`. For tests and for

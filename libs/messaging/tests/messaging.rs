@@ -1,14 +1,24 @@
 //! The messaging library against the real RabbitMQ and PostgreSQL of the machine. Each test
 //! gets its own database and its own exchange (so its own queues), deleted afterwards.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use dockyard_messaging::{
-    Broker, BrokerConfig, Envelope, Handler, HandlerError, OutboxRelay, Subscription, outbox,
+    Broker, BrokerConfig, Compensation, Envelope, Handler, HandlerError, HandlerFuture,
+    OutboxRelay, Subscription, outbox,
     testing::{TestExchange, amqp_url},
     topology,
 };
-use dockyard_runtime::config;
+use dockyard_runtime::{
+    command::{DlqCommand, Selection},
+    config,
+};
 use dockyard_testkit::{TcpProxy, TestDatabase};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
@@ -32,10 +42,19 @@ impl Handler for RecordEffects {
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>> {
+    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             if envelope.payload["poison"] == true {
                 return Err(HandlerError::Permanent("poison".to_owned()));
+            }
+            if envelope.payload["divide_by_zero"] == true {
+                // A data exception (SQLSTATE 22012): the event can never be applied.
+                sqlx::query("SELECT 1 / 0")
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            if let Some(ms) = envelope.payload["sleep_ms"].as_u64() {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
                 .bind(envelope.id)
@@ -73,12 +92,7 @@ impl Fixture {
     }
 
     fn broker_config(&self, url: &str) -> BrokerConfig {
-        config::from_vars([
-            ("AMQP_URL", url),
-            ("AMQP_EXCHANGE", self.exchange.name()),
-            ("AMQP_DELIVERY_LIMIT", "3"),
-        ])
-        .unwrap()
+        config::from_vars([("AMQP_URL", url), ("AMQP_EXCHANGE", self.exchange.name())]).unwrap()
     }
 
     /// Starts a broker, the relay and an `order` consumer with [`RecordEffects`].
@@ -87,10 +101,7 @@ impl Fixture {
         tokio::spawn(
             OutboxRelay::new(self.pool.clone(), broker.clone()).run(self.shutdown.clone()),
         );
-        let subscription = Subscription {
-            consumer: "order",
-            handler: Arc::new(RecordEffects),
-        };
+        let subscription = Subscription::new("order", Arc::new(RecordEffects));
         tokio::spawn(subscription.run(self.pool.clone(), broker.clone(), self.shutdown.clone()));
         broker
     }
@@ -333,5 +344,217 @@ async fn events_committed_while_the_broker_is_unreachable_are_delivered_when_it_
     fixture.wait_for_effects(8).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fixture.effects().await, 8, "none lost, none doubled");
+    fixture.stop(broker).await;
+}
+
+#[tokio::test]
+async fn a_data_error_is_dead_lettered_and_never_blocks_the_messages_behind_it() {
+    let fixture = Fixture::new().await;
+    let broker = fixture.start(&amqp_url());
+    fixture.connected(&broker).await;
+    let poison = Envelope::new(
+        "stock.reserved",
+        Uuid::now_v7(),
+        &serde_json::json!({"divide_by_zero": true}),
+    );
+
+    fixture
+        .publish_raw("stock.reserved", &serde_json::to_vec(&poison).unwrap())
+        .await;
+    for _ in 0..3 {
+        fixture
+            .enqueue(&Envelope::new("stock.reserved", Uuid::now_v7(), &()))
+            .await;
+    }
+
+    fixture.wait_for_effects(3).await;
+    let mut dead = 0;
+    for _ in 0..50 {
+        dead = fixture.dead_lettered().await;
+        if dead == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        dead, 1,
+        "the data error is dead-lettered, not retried forever"
+    );
+    fixture.stop(broker).await;
+}
+
+/// A process that receives events and dies before finishing any (a crash loop).
+struct NeverFinishes;
+
+impl Handler for NeverFinishes {
+    fn understands(&self, _: &Envelope) -> bool {
+        true
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _: &'a mut PgConnection,
+        _: &'a Envelope,
+    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_crash_looping_consumer_does_not_dead_letter_the_healthy_messages_it_held() {
+    let fixture = Fixture::new().await;
+    // The defaults a deployment gets: no AMQP_DELIVERY_LIMIT given.
+    let config = |url: &str| -> BrokerConfig {
+        config::from_vars([
+            ("AMQP_URL", url),
+            ("AMQP_EXCHANGE", fixture.exchange.name()),
+        ])
+        .unwrap()
+    };
+    let publisher = Broker::start(config(&amqp_url()));
+    fixture.connected(&publisher).await;
+    for _ in 0..16 {
+        let event = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+        fixture
+            .publish_raw("stock.reserved", &serde_json::to_vec(&event).unwrap())
+            .await;
+    }
+
+    // Eight lives of a process that takes its prefetched events and dies (its connection
+    // drops with it) before finishing one: each time, the broker takes back what it held.
+    for _ in 0..8 {
+        let proxy = TcpProxy::down("127.0.0.1:5672".parse().unwrap()).await;
+        proxy.restore().await;
+        let via_proxy =
+            amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
+        let broker = Broker::start(config(&via_proxy));
+        let life = CancellationToken::new();
+        let subscription = Subscription::new("order", Arc::new(NeverFinishes));
+        let consumer = tokio::spawn(subscription.run(fixture.pool.clone(), broker.clone(), life));
+        fixture.connected(&broker).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        consumer.abort();
+        proxy.cut();
+        drop(broker);
+    }
+
+    let subscription = Subscription::new("order", Arc::new(RecordEffects));
+    tokio::spawn(subscription.run(
+        fixture.pool.clone(),
+        publisher.clone(),
+        fixture.shutdown.clone(),
+    ));
+    let dead = fixture.dead_lettered().await;
+    assert_eq!(dead, 0, "no healthy message dead-lettered");
+    fixture.wait_for_effects(16).await;
+    fixture.stop(publisher).await;
+}
+
+/// Fails every event until `fixed` is set; counts its compensations.
+struct FailsUntilFixed {
+    fixed: Arc<AtomicBool>,
+    compensations: Arc<AtomicUsize>,
+}
+
+impl Handler for FailsUntilFixed {
+    fn understands(&self, _: &Envelope) -> bool {
+        true
+    }
+
+    fn handle<'a>(
+        &'a self,
+        transaction: &'a mut PgConnection,
+        envelope: &'a Envelope,
+    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            if envelope.payload["flaky"] == true && !self.fixed.load(Ordering::SeqCst) {
+                return Err(HandlerError::Failed("not yet".to_owned()));
+            }
+            sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+                .bind(envelope.id)
+                .execute(transaction)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        _: &'a mut PgConnection,
+        _: &'a Envelope,
+        _: &'a str,
+    ) -> HandlerFuture<'a, Result<Compensation, sqlx::Error>> {
+        self.compensations.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(Compensation::Replayable) })
+    }
+}
+
+#[tokio::test]
+async fn a_failing_event_goes_behind_the_others_then_to_the_dead_letters_and_can_be_replayed() {
+    let fixture = Fixture::new().await;
+    let config = fixture.broker_config(&amqp_url());
+    let broker = Broker::start(config.clone());
+    let (fixed, compensations) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let handler = FailsUntilFixed {
+        fixed: Arc::clone(&fixed),
+        compensations: Arc::clone(&compensations),
+    };
+    tokio::spawn(Subscription::new("order", Arc::new(handler)).run(
+        fixture.pool.clone(),
+        broker.clone(),
+        fixture.shutdown.clone(),
+    ));
+    fixture.connected(&broker).await;
+    let flaky = Envelope::new(
+        "stock.reserved",
+        Uuid::now_v7(),
+        &serde_json::json!({"flaky": true}),
+    );
+    fixture
+        .publish_raw("stock.reserved", &serde_json::to_vec(&flaky).unwrap())
+        .await;
+    for _ in 0..3 {
+        let good = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+        fixture
+            .publish_raw("stock.reserved", &serde_json::to_vec(&good).unwrap())
+            .await;
+    }
+
+    fixture.wait_for_effects(3).await;
+    let dead = fixture
+        .exchange
+        .wait_for_dead_letters("order", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead, 1);
+    assert_eq!(compensations.load(Ordering::SeqCst), 1, "compensated once");
+    let mut listed = Vec::new();
+    dockyard_messaging::dlq::run(&config, "order", DlqCommand::List, &mut listed)
+        .await
+        .unwrap();
+    let listed = String::from_utf8(listed).unwrap();
+    assert!(listed.contains(&flaky.id.to_string()), "{listed}");
+    assert!(listed.contains("failures 5"), "{listed}");
+    assert!(
+        listed.contains("reason: failed 5 times, last: not yet"),
+        "{listed}"
+    );
+    assert_eq!(
+        fixture.exchange.dead_letters("order").await,
+        1,
+        "listing keeps it"
+    );
+
+    fixed.store(true, Ordering::SeqCst);
+    let mut replayed = Vec::new();
+    let replay = DlqCommand::Replay(Selection::One(flaky.id));
+    dockyard_messaging::dlq::run(&config, "order", replay, &mut replayed)
+        .await
+        .unwrap();
+
+    fixture.wait_for_effects(4).await;
+    assert_eq!(fixture.exchange.dead_letters("order").await, 0);
     fixture.stop(broker).await;
 }

@@ -172,6 +172,19 @@ impl CircuitBreaker {
         })
     }
 
+    /// Ends an open period early: the next call is a probe. For callers that learn by other
+    /// means (an active health check) that the dependency is back. Returns whether it was open.
+    pub fn end_open_period(&self, now: Instant) -> bool {
+        let mut phase = self.phase();
+        match &mut *phase {
+            Phase::Open { until, .. } if now < *until => {
+                *until = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The state at `now` (an expired open period reads as half-open).
     pub fn state(&self, now: Instant) -> State {
         match &*self.phase() {
@@ -293,6 +306,23 @@ mod tests {
             State::Open,
             "4 of 4 failed: trips at minimum_calls"
         );
+    }
+
+    #[test]
+    fn an_open_period_ended_early_lets_one_probe_through() {
+        let (breaker, now) = (breaker(), Instant::now());
+        for _ in 0..4 {
+            fail(&breaker, now);
+        }
+        assert_eq!(breaker.state(now), State::Open);
+
+        assert!(breaker.end_open_period(now));
+
+        let probe = breaker.try_acquire(now).expect("the probe");
+        assert!(breaker.try_acquire(now).is_err(), "one probe at a time");
+        probe.success(now);
+        assert_eq!(breaker.state(now), State::Closed);
+        assert!(!breaker.end_open_period(now), "nothing to end when closed");
     }
 
     #[test]

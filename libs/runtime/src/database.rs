@@ -10,7 +10,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{config::ConfigError, health::ReadinessCheck, secret::SecretUrl};
+use crate::{
+    config::ConfigError,
+    health::{ReadinessCheck, Verdict},
+    secret::SecretUrl,
+};
 
 /// Database settings, from `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`,
 /// `DATABASE_ACQUIRE_TIMEOUT_MS`.
@@ -143,6 +147,47 @@ pub async fn migrate(
     Ok(())
 }
 
+/// Whether a failed statement may succeed if simply tried again.
+///
+/// `true` for failures of the connection or the server, not of the statement: I/O and TLS
+/// errors, pool time-outs, and the SQLSTATE classes 08 (connection exception), 40 (transaction
+/// rollback: serialization failures, deadlocks), 53 (insufficient resources), 57 (operator
+/// intervention: the server is shutting down or restarting), 58 (system error) and
+/// `55P03` (lock not available). Everything else is about the statement and its data (class
+/// 22 data exception, 23 integrity constraint violation, 42 syntax or access rule, rows that
+/// do not decode): trying the same statement again gives the same answer.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || code == "55P03"
+        }),
+        _ => false,
+    }
+}
+
+/// The problem a handler answers when a query failed: `503` with `Retry-After` while the
+/// database is unavailable ([`is_transient`]), else `500` (a statement the server refused is
+/// a bug of ours: client input is validated before it reaches SQL). Logs the cause.
+pub fn problem(error: &sqlx::Error) -> crate::problem::Problem {
+    use actix_web::http::StatusCode;
+    let cause = crate::exit::error_chain(error);
+    if is_transient(error) {
+        tracing::error!(error = %cause, "database unavailable");
+        crate::problem::Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            .detail("the database is unavailable; retry shortly")
+            .retry_after(1)
+    } else {
+        tracing::error!(error = %cause, "database query failed");
+        crate::problem::Problem::internal()
+    }
+}
+
 /// Readiness: the database answers `SELECT 1`.
 #[derive(Debug, Clone)]
 pub struct DatabaseCheck {
@@ -160,13 +205,14 @@ impl ReadinessCheck for DatabaseCheck {
         "database"
     }
 
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>> {
         Box::pin(async move {
             self.database
                 .run(|pool| async move { sqlx::query("SELECT 1").execute(&pool).await })
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string())
+                .into()
         })
     }
 }

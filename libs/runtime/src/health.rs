@@ -1,7 +1,9 @@
 //! `/health/live` and `/health/ready`.
 //!
 //! Liveness says the process runs (and which release it is). Readiness says it should get
-//! traffic: every backing-service check passes and the process is not draining. Shutdown
+//! traffic: no check is down and the process is not draining. A check may also report the
+//! process *degraded*: it still serves (readiness stays 200) but something needs an
+//! operator, and the report says what (`"status": "degraded"`, with the reason). Shutdown
 //! flips [`Health::start_draining`] first, so load balancers stop sending before the listener
 //! closes.
 
@@ -21,12 +23,28 @@ use serde_json::{Map, Value, json};
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One backing service that must answer for the process to be ready.
+/// What one check says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Up,
+    /// Still serving, but an operator should look: the reason says at what.
+    Degraded(String),
+    /// Unusable: the process is not ready.
+    Down(String),
+}
+
+impl From<Result<(), String>> for Verdict {
+    fn from(result: Result<(), String>) -> Self {
+        result.map_or_else(Self::Down, |()| Self::Up)
+    }
+}
+
+/// One thing that must work for the process to be ready: a backing service, a worker.
 pub trait ReadinessCheck: Send + Sync + std::fmt::Debug + 'static {
     /// Short name shown in the readiness report (`database`, `broker`).
     fn name(&self) -> &'static str;
-    /// Resolves to `Err(reason)` when the backing service is unusable.
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    /// Resolves to [`Verdict::Down`] when it is unusable.
+    fn check(&self) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>>;
 }
 
 /// The health state of one process.
@@ -68,12 +86,13 @@ impl Health {
         let mut report = Map::new();
         let mut ready = true;
         for check in &self.checks {
-            let outcome = tokio::time::timeout(CHECK_TIMEOUT, check.check())
+            let verdict = tokio::time::timeout(CHECK_TIMEOUT, check.check())
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")));
-            let status = match outcome {
-                Ok(()) => json!({"status": "up"}),
-                Err(reason) => {
+                .unwrap_or_else(|_| Verdict::Down(format!("no answer within {CHECK_TIMEOUT:?}")));
+            let status = match verdict {
+                Verdict::Up => json!({"status": "up"}),
+                Verdict::Degraded(reason) => json!({"status": "degraded", "reason": reason}),
+                Verdict::Down(reason) => {
                     ready = false;
                     json!({"status": "down", "reason": reason})
                 }

@@ -3,18 +3,21 @@
 
 use dockyard_messaging::BrokerConfig;
 use dockyard_runtime::{
+    command::DlqCommand,
     config::{ConfigError, from_env},
     database::DatabaseConfig,
     server::HttpConfig,
 };
 
 /// What a command of the `catalog` binary needs: serving needs everything, the one-off
-/// `migrate` and `seed` only the database.
+/// `migrate` and `seed` only the database, `dlq` only the broker.
 #[derive(Debug, Clone)]
 pub enum Loaded {
     Serve(Box<Settings>),
     Migrate(DatabaseConfig),
     Seed(DatabaseConfig),
+    /// `dlq …` needs only the broker.
+    Dlq(BrokerConfig, DlqCommand),
 }
 
 impl Loaded {
@@ -28,6 +31,11 @@ impl Loaded {
         match command {
             Command::Migrate => Ok(Self::Migrate(database()?)),
             Command::Seed => Ok(Self::Seed(database()?)),
+            Command::Dlq(command) => {
+                let broker: BrokerConfig = from_env()?;
+                broker.validate()?;
+                Ok(Self::Dlq(broker, command))
+            }
             _ => Ok(Self::Serve(Box::new(Settings::from_env()?))),
         }
     }

@@ -2,15 +2,23 @@
 //!
 //! Consumes `order.placed`: reserves stock for every line atomically, or for none, and
 //! publishes `stock.reserved` (with the authoritative prices and total) or `stock.rejected`
-//! (with the reason). Consumes `order.cancelled`: releases exactly what was reserved.
+//! (with the reason). The answer is remembered per order: a placement that comes again
+//! (re-published by the order service's deadline, or replayed from the dead letters) gets the
+//! same answer and reserves nothing more. Consumes `order.cancelled`: releases exactly what was
+//! reserved, once, and remembers the cancellation so a late placement reserves nothing.
 //! Everything happens in the consumer's transaction, with events written to the outbox.
+//!
+//! When an event is given up on ([`Handler::compensate`]): a placement is answered
+//! `stock.rejected` with the reason, so the order still ends; a cancellation is recorded (with
+//! why its stock could not be released) and waits in the dead-letter queue for a replay.
 
-use std::{collections::BTreeMap, future::Future, pin::Pin};
-
-use dockyard_messaging::{Envelope, Handler, HandlerError, outbox};
+use dockyard_messaging::{Compensation, Envelope, Handler, HandlerError, HandlerFuture, outbox};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+use crate::store::saga::{self, Wanted};
 
 #[derive(Debug, Deserialize)]
 pub struct OrderPlaced {
@@ -50,6 +58,9 @@ pub struct StockRejected {
     pub reason: String,
 }
 
+const RESERVED: &str = "stock.reserved";
+const REJECTED: &str = "stock.rejected";
+
 /// The catalog's handler of order events.
 #[derive(Debug, Clone, Copy)]
 pub struct OrderEvents;
@@ -64,144 +75,134 @@ impl Handler for OrderEvents {
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>> {
+    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let invalid = |e: serde_json::Error| HandlerError::Permanent(e.to_string());
             if envelope.kind == "order.placed" {
                 let placed: OrderPlaced = envelope.payload().map_err(invalid)?;
-                let reply = match reserve(transaction, &placed).await? {
-                    Ok(reserved) => Envelope::new("stock.reserved", placed.order_id, &reserved),
-                    Err(reason) => {
-                        tracing::info!(order_id = %placed.order_id, reason, "stock not reserved");
-                        let rejected = StockRejected {
-                            order_id: placed.order_id,
-                            reason,
-                        };
-                        Envelope::new("stock.rejected", placed.order_id, &rejected)
-                    }
-                };
-                outbox::enqueue(transaction, &reply.caused_by(envelope)).await?;
+                placement(transaction, envelope, &placed).await?;
             } else {
                 let cancelled: OrderCancelled = envelope.payload().map_err(invalid)?;
-                release(transaction, cancelled.order_id).await?;
+                saga::lock(transaction, cancelled.order_id).await?;
+                saga::record_cancellation(transaction, cancelled.order_id, None).await?;
+                let released = saga::release(transaction, cancelled.order_id)
+                    .await?
+                    .map_err(HandlerError::Permanent)?;
+                tracing::info!(order_id = %cancelled.order_id, lines = released, "reservation released");
             }
             Ok(())
         })
     }
+
+    fn compensate<'a>(
+        &'a self,
+        transaction: &'a mut PgConnection,
+        envelope: &'a Envelope,
+        reason: &'a str,
+    ) -> HandlerFuture<'a, Result<Compensation, sqlx::Error>> {
+        Box::pin(async move {
+            // The payload may be what failed: the envelope's correlation id is the order's.
+            let order_id = envelope.correlation_id;
+            match envelope.kind.as_str() {
+                "order.placed" => {
+                    let order = saga::lock(transaction, order_id).await?;
+                    let reply = if let Some(reply) = order.reply {
+                        reply
+                    } else {
+                        let rejected = StockRejected {
+                            order_id,
+                            reason: format!("the catalog could not process the order: {reason}"),
+                        };
+                        let payload = to_value(&rejected);
+                        saga::record_reply(transaction, order_id, REJECTED, &payload).await?;
+                        (REJECTED.to_owned(), payload)
+                    };
+                    send(transaction, envelope, order_id, &reply.0, &reply.1).await?;
+                    Ok(Compensation::Settled)
+                }
+                "order.cancelled" => {
+                    saga::lock(transaction, order_id).await?;
+                    let why = format!("the stock was not released: {reason}");
+                    saga::record_cancellation(transaction, order_id, Some(&why)).await?;
+                    Ok(Compensation::Replayable)
+                }
+                _ => Ok(Compensation::Replayable),
+            }
+        })
+    }
 }
 
-/// Reserves every line or none. Rows are locked in id order, so concurrent reservations
-/// serialise per product without deadlocks and stock can never be oversold.
-/// `Ok(Err(reason))` is a business refusal; `Err` a database failure.
-async fn reserve(
+/// Answers a placement: the answer given before, if any; a refusal if the order was cancelled;
+/// else reserves and remembers the answer.
+async fn placement(
     transaction: &mut PgConnection,
-    order: &OrderPlaced,
-) -> Result<Result<StockReserved, String>, sqlx::Error> {
-    let cancelled: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1)")
-            .bind(order.order_id)
-            .fetch_one(&mut *transaction)
-            .await?;
-    if cancelled {
-        return Ok(Err("the order was cancelled".to_owned()));
-    }
-    let mut wanted: BTreeMap<Uuid, i32> = BTreeMap::new();
-    for line in &order.lines {
-        if line.quantity <= 0 {
-            return Ok(Err(format!(
-                "quantity for product {} must be positive",
-                line.product_id
-            )));
-        }
-        let total = wanted.entry(line.product_id).or_default();
-        *total = total.saturating_add(line.quantity);
-    }
-    if wanted.is_empty() {
-        return Ok(Err("the order has no lines".to_owned()));
-    }
-    let ids: Vec<Uuid> = wanted.keys().copied().collect();
-    let rows: Vec<(Uuid, i64, String, i32)> = sqlx::query_as(
-        "SELECT id, price_minor, currency, stock FROM products
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *transaction)
-    .await?;
-    let mut lines = Vec::with_capacity(rows.len());
-    let mut currency: Option<String> = None;
-    for (&product_id, &quantity) in &wanted {
-        let Some((_, price, product_currency, stock)) = rows.iter().find(|row| row.0 == product_id)
-        else {
-            return Ok(Err(format!("product {product_id} does not exist")));
+    envelope: &Envelope,
+    placed: &OrderPlaced,
+) -> Result<(), sqlx::Error> {
+    let order_id = placed.order_id;
+    let order = saga::lock(transaction, order_id).await?;
+    let (kind, payload) = if let Some(reply) = order.reply {
+        tracing::info!(%order_id, kind = reply.0, "placement seen before: the same answer again");
+        reply
+    } else if order.cancelled {
+        let rejected = StockRejected {
+            order_id,
+            reason: "the order was cancelled".to_owned(),
         };
-        if *stock < quantity {
-            return Ok(Err(format!(
-                "insufficient stock for product {product_id}: {quantity} requested, {stock} available"
-            )));
-        }
-        if currency.get_or_insert_with(|| product_currency.clone()) != product_currency {
-            return Ok(Err("the order mixes currencies".to_owned()));
-        }
-        lines.push(PricedLine {
-            product_id,
-            quantity,
-            unit_price_minor: *price,
-        });
-    }
-    let mut total_minor: i64 = 0;
-    for line in &lines {
-        sqlx::query(
-            "UPDATE products SET stock = stock - $2, version = version + 1, updated_at = now()
-             WHERE id = $1",
-        )
-        .bind(line.product_id)
-        .bind(line.quantity)
-        .execute(&mut *transaction)
-        .await?;
-        sqlx::query(
-            "INSERT INTO reservations (order_id, product_id, quantity) VALUES ($1, $2, $3)",
-        )
-        .bind(order.order_id)
-        .bind(line.product_id)
-        .bind(line.quantity)
-        .execute(&mut *transaction)
-        .await?;
-        total_minor = total_minor.saturating_add(
-            line.unit_price_minor
-                .saturating_mul(i64::from(line.quantity)),
-        );
-    }
-    Ok(Ok(StockReserved {
-        order_id: order.order_id,
-        lines,
-        total_minor,
-        currency: currency.unwrap_or_default(),
-    }))
+        (REJECTED.to_owned(), to_value(&rejected))
+    } else {
+        let lines: Vec<Wanted> = placed
+            .lines
+            .iter()
+            .map(|line| Wanted {
+                product_id: line.product_id,
+                quantity: line.quantity,
+            })
+            .collect();
+        let reply = match saga::reserve(transaction, order_id, &lines).await? {
+            Ok(reservation) => {
+                let reserved = StockReserved {
+                    order_id,
+                    lines: reservation
+                        .lines
+                        .iter()
+                        .map(|line| PricedLine {
+                            product_id: line.product_id,
+                            quantity: line.quantity,
+                            unit_price_minor: line.unit_price_minor,
+                        })
+                        .collect(),
+                    total_minor: reservation.total_minor,
+                    currency: reservation.currency,
+                };
+                (RESERVED.to_owned(), to_value(&reserved))
+            }
+            Err(reason) => {
+                tracing::info!(%order_id, reason, "stock not reserved");
+                (
+                    REJECTED.to_owned(),
+                    to_value(&StockRejected { order_id, reason }),
+                )
+            }
+        };
+        saga::record_reply(transaction, order_id, &reply.0, &reply.1).await?;
+        reply
+    };
+    send(transaction, envelope, order_id, &kind, &payload).await
 }
 
-/// Releases what `order_id` reserved (nothing, if it reserved nothing) and remembers the
-/// cancellation so a late `order.placed` reserves nothing.
-async fn release(transaction: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO cancelled_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(order_id)
-        .execute(&mut *transaction)
-        .await?;
-    let released: Vec<(Uuid, i32)> = sqlx::query_as(
-        "DELETE FROM reservations WHERE order_id = $1 RETURNING product_id, quantity",
-    )
-    .bind(order_id)
-    .fetch_all(&mut *transaction)
-    .await?;
-    for (product_id, quantity) in &released {
-        sqlx::query(
-            "UPDATE products SET stock = stock + $2, version = version + 1, updated_at = now()
-             WHERE id = $1",
-        )
-        .bind(product_id)
-        .bind(quantity)
-        .execute(&mut *transaction)
-        .await?;
-    }
-    tracing::info!(%order_id, lines = released.len(), "reservation released");
-    Ok(())
+/// Puts the reply to `cause` in the outbox.
+async fn send(
+    transaction: &mut PgConnection,
+    cause: &Envelope,
+    order_id: Uuid,
+    kind: &str,
+    payload: &Value,
+) -> Result<(), sqlx::Error> {
+    let reply = Envelope::new(kind, order_id, payload).caused_by(cause);
+    outbox::enqueue(transaction, &reply).await
+}
+
+fn to_value(payload: &impl Serialize) -> Value {
+    serde_json::to_value(payload).expect("event payloads serialise")
 }

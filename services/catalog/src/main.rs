@@ -2,15 +2,16 @@ use std::process::ExitCode;
 
 use catalog::{SERVICE, config::Loaded, seed, startup::Application, store};
 use dockyard_runtime::{
-    command::{Command, run_service},
+    command::{Kind, run_service},
     shutdown,
 };
 
-const COMMANDS: &[Command] = &[
-    Command::Serve,
-    Command::Migrate,
-    Command::Seed,
-    Command::Healthcheck,
+const COMMANDS: &[Kind] = &[
+    Kind::Serve,
+    Kind::Migrate,
+    Kind::Seed,
+    Kind::Healthcheck,
+    Kind::Dlq,
 ];
 
 #[tokio::main]
@@ -23,6 +24,11 @@ async fn main() -> ExitCode {
             let result = match loaded {
                 Loaded::Migrate(database) => store::migrate(&database).await,
                 Loaded::Seed(database) => seed::run(&database).await,
+                Loaded::Dlq(broker, command) => {
+                    dockyard_messaging::dlq::run(&broker, SERVICE, command, &mut std::io::stdout())
+                        .await
+                        .map_err(Into::into)
+                }
                 Loaded::Serve(settings) => match Application::build(&settings) {
                     Ok(app) => app.run_until_stopped(shutdown::signal()).await,
                     Err(error) => Err(error),

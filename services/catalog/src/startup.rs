@@ -3,7 +3,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use dockyard_messaging::{Broker, BrokerCheck, EventWorkers, Subscription};
+use dockyard_messaging::{Broker, BrokerCheck, ConsumerCheck, EventWorkers, Subscription};
 use dockyard_runtime::{
     database::{Database, DatabaseCheck},
     health::Health,
@@ -18,6 +18,7 @@ pub struct Application {
     server: server::Server,
     database: Database,
     broker: Broker,
+    subscription: Subscription,
 }
 
 impl std::fmt::Debug for Application {
@@ -34,17 +35,22 @@ impl Application {
     pub fn build(settings: &Settings) -> anyhow::Result<Self> {
         let database = Database::new(settings.database.connect_lazy()?);
         let broker = Broker::start(settings.broker.clone());
+        let subscription = Subscription::new(SERVICE, Arc::new(OrderEvents));
         let health = Health::new(SERVICE)
             .with_check(DatabaseCheck::new(database.clone()))
-            .with_check(BrokerCheck(broker.clone()));
+            .with_check(BrokerCheck(broker.clone()))
+            .with_check(ConsumerCheck(subscription.status()));
+        let mut metrics = Metrics::new();
+        subscription.status().register(&mut metrics);
         let store = ProductStore::new(database.clone());
-        let server = server::bind(&settings.http, health, Metrics::new(), move |config| {
+        let server = server::bind(&settings.http, health, metrics, move |config| {
             routes::configure(config, store.clone());
         })?;
         Ok(Self {
             server,
             database,
             broker,
+            subscription,
         })
     }
 
@@ -56,14 +62,8 @@ impl Application {
     /// consumer finishes and acks its current message, the relay publishes what is pending,
     /// the broker connection closes, the pool closes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let workers = EventWorkers::start(
-            self.database.pool().clone(),
-            self.broker,
-            Subscription {
-                consumer: SERVICE,
-                handler: Arc::new(OrderEvents),
-            },
-        );
+        let workers =
+            EventWorkers::start(self.database.pool().clone(), self.broker, self.subscription);
         let served = self.server.run_until_stopped(shutdown).await;
         workers.stop().await;
         self.database.close().await;

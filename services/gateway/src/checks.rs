@@ -1,7 +1,8 @@
 //! Active health checks: `GET HEALTH_CHECK_PATH` (by default `/health/ready`) on every
 //! endpoint every `HEALTH_CHECK_INTERVAL_MS`. A 2xx within `HEALTH_CHECK_TIMEOUT_MS` makes
 //! an endpoint healthy; anything else takes it out of rotation until a check passes. A newly
-//! discovered endpoint is checked at once and joins after its first passing check.
+//! discovered endpoint is checked at once and joins after its first passing check. An endpoint
+//! that passes again ends its pool breaker's open period: the next request is the probe.
 
 use std::{sync::Arc, time::Duration};
 
@@ -60,6 +61,15 @@ impl HealthChecker {
                         endpoint = url,
                         "endpoint passed its health check; in rotation"
                     );
+                    // The breaker measures the pool's health: an instance that is back ends
+                    // its open period, so the next request probes instead of waiting it out.
+                    if pool.breaker.end_open_period(std::time::Instant::now()) {
+                        tracing::info!(
+                            route,
+                            pool = pool_kind,
+                            "breaker half-open: an instance passed its check"
+                        );
+                    }
                 }
                 _ => {
                     tracing::warn!(

@@ -68,6 +68,12 @@ pub struct GatewayConfig {
     /// requests and POSTs with an `Idempotency-Key`).
     #[serde(default = "default_attempts")]
     pub upstream_attempts: usize,
+    /// While no instance of a pool accepts connections (a restart, a deploy), a request that
+    /// may be retried waits up to this long for one to, trying again with back-off, before
+    /// the gateway answers 502. A refused connection never reached the service, so these
+    /// tries cost no attempt and no retry budget.
+    #[serde(default = "default_wait_for_instance_ms")]
+    pub upstream_wait_for_instance_ms: u64,
     /// Base of the jittered back-off between attempts.
     #[serde(default = "default_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
@@ -152,6 +158,9 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_attempts() -> usize {
     3
+}
+fn default_wait_for_instance_ms() -> u64 {
+    3_000
 }
 fn default_retry_backoff_ms() -> u64 {
     5

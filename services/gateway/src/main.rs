@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use dockyard_runtime::{
-    command::{Command, run_service},
+    command::{Kind, run_service},
     shutdown,
 };
 use gateway::{SERVICE, config::Settings, startup::Application};
@@ -11,7 +11,7 @@ use gateway::{SERVICE, config::Settings, startup::Application};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const COMMANDS: &[Command] = &[Command::Serve, Command::Healthcheck];
+const COMMANDS: &[Kind] = &[Kind::Serve, Kind::Healthcheck];
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -8,8 +8,19 @@
 //! (idempotent methods, and POSTs with an `Idempotency-Key`): those are buffered, bounded by
 //! `MAX_BODY_BYTES`, so a retry can send them again. Response bodies are always streamed.
 //! A retry goes to an endpoint not tried yet, after a short jittered back-off, if the route's
-//! retry budget allows it and the overall deadline has time left. Errors are problem+json:
+//! retry budget allows it and the overall deadline has time left. When no instance accepts a
+//! connection (the only one is restarting), a retryable request waits for one, trying again
+//! with back-off for up to `UPSTREAM_WAIT_FOR_INSTANCE_MS`: a refused connection never reached
+//! the service, so those tries cost no attempt and no budget. Errors are problem+json:
 //! upstream unreachable 502, upstream too slow 504.
+//!
+//! **What counts against an upstream** (its pool's breaker, its endpoint's passive health,
+//! and retries): only what says an *instance* is unhealthy — a refused or dropped connection,
+//! a time-out, and `502`, `503`, `504`. A `500` says this request hit a bug, and any client can
+//! cause one at will, so it is relayed and counted in the metrics but never opens a breaker,
+//! ejects an instance or triggers a retry; a broken instance is caught by its health check.
+//! `4xx` answers are healthy ones. Requests the gateway refuses itself (`400`, `404`, `413`,
+//! `429`) and bodies the client cuts short or sends over the limit never reach the breaker.
 
 use std::{
     sync::Arc,
@@ -31,7 +42,7 @@ use tokio::sync::mpsc;
 use crate::{
     headers,
     metrics::{Outcome, PoolLabels, RouteLabels},
-    pool::Pool,
+    pool::{Endpoint, Pool},
     service::Service,
     state::Gateway,
 };
@@ -40,6 +51,33 @@ use crate::{
 enum Body {
     Buffered(Bytes),
     Streamed(Option<reqwest::Body>),
+}
+
+/// Set by a streamed body when the *client* is at fault: it sent more than the limit, or its
+/// body could not be read. A failed attempt is then the client's, not the upstream's.
+#[derive(Debug, Default)]
+struct ClientFault {
+    over_limit: std::sync::atomic::AtomicBool,
+    unreadable: std::sync::atomic::AtomicBool,
+}
+
+impl ClientFault {
+    fn problem(&self, limit: usize) -> Option<Problem> {
+        use std::sync::atomic::Ordering::Acquire;
+        if self.over_limit.load(Acquire) {
+            Some(too_large(limit))
+        } else if self.unreadable.load(Acquire) {
+            Some(Problem::bad_request("the request body could not be read"))
+        } else {
+            None
+        }
+    }
+}
+
+/// `502`, `503` and `504` say an instance (or what is behind it) is unhealthy; other statuses
+/// say nothing about its health (see the module documentation).
+fn unhealthy(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
 }
 
 fn may_retry(request: &HttpRequest) -> bool {
@@ -87,23 +125,33 @@ async fn buffer(mut payload: web::Payload, limit: usize) -> Result<Bytes, Proble
 }
 
 /// actix's payload lives on its worker (`!Send`); the client needs a `Send` stream. A small
-/// bounded channel bridges them, keeping back-pressure, and cuts the body at `limit`.
-fn stream(mut payload: web::Payload, limit: usize) -> reqwest::Body {
+/// bounded channel bridges them, keeping back-pressure, and cuts the body at `limit`; `fault`
+/// records why a body was cut.
+fn stream(mut payload: web::Payload, limit: usize, fault: Arc<ClientFault>) -> reqwest::Body {
+    use std::sync::atomic::Ordering::Release;
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     actix_web::rt::spawn(async move {
         let mut sent = 0;
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
-            if let Ok(bytes) = &chunk {
-                sent += bytes.len();
-                if sent > limit {
+            let chunk = match chunk {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    fault.unreadable.store(true, Release);
                     let _ = sender
-                        .send(Err(std::io::Error::other("request body over the limit")))
+                        .send(Err(std::io::Error::other(error.to_string())))
                         .await;
                     return;
                 }
+            };
+            sent += chunk.len();
+            if sent > limit {
+                fault.over_limit.store(true, Release);
+                let _ = sender
+                    .send(Err(std::io::Error::other("request body over the limit")))
+                    .await;
+                return;
             }
-            if sender.send(chunk).await.is_err() {
+            if sender.send(Ok(chunk)).await.is_err() {
                 return;
             }
         }
@@ -138,14 +186,20 @@ pub async fn forward(
     }
 
     let service = &route.service;
-    let (pool, permit) = choose_pool(&gateway, service, &request)?;
-
     let retryable = may_retry(&request);
+    let fault = Arc::new(ClientFault::default());
+    // Buffered before a breaker permit is taken: a slow or oversized client body never holds
+    // a half-open breaker's probe, and a 413 here never reaches the breaker.
     let body = if retryable {
         Body::Buffered(buffer(payload, gateway.max_body_bytes).await?)
     } else {
-        Body::Streamed(Some(stream(payload, gateway.max_body_bytes)))
+        Body::Streamed(Some(stream(
+            payload,
+            gateway.max_body_bytes,
+            Arc::clone(&fault),
+        )))
     };
+    let (pool, permit) = choose_pool(&gateway, service, &request)?;
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
         .map_err(|_| Problem::bad_request("unsupported method"))?;
     let trusted_peer = request
@@ -161,6 +215,7 @@ pub async fn forward(
         path: rest,
         query: request.query_string(),
         attempts: if retryable { gateway.attempts } else { 1 },
+        fault: &fault,
     };
     let deadline = tokio::time::Instant::now() + gateway.timeout;
     let result = match tokio::time::timeout_at(deadline, call.attempts(body, deadline)).await {
@@ -169,13 +224,16 @@ pub async fn forward(
     };
     match result {
         Ok(response) => {
-            if response.status().is_server_error() {
+            let status = response.status();
+            if unhealthy(status) {
                 permit.failure(Instant::now());
-            } else {
+            } else if !status.is_server_error() {
                 permit.success(Instant::now());
             }
+            // Else a 500 (or 501, 505…): the permit is dropped unreported, counting nothing.
             Ok(relay(&request, response))
         }
+        Err(Failure::Client(problem)) => Err(problem),
         Err(failure) => {
             permit.failure(Instant::now());
             Err(exhausted(service.name(), &failure))
@@ -255,32 +313,53 @@ struct Call<'a> {
     path: &'a str,
     query: &'a str,
     attempts: usize,
+    fault: &'a ClientFault,
 }
 
 impl Call<'_> {
-    /// Tries endpoints until one answers without a 5xx, the attempts or the retry budget run
-    /// out, or no untried endpoint is left. The last 5xx answer is relayed as is.
+    /// Tries endpoints until one answers without a 502/503/504, the attempts or the retry
+    /// budget run out, or no untried endpoint is left; while none accepts a connection, waits
+    /// for one (see the module documentation). The last unhealthy answer is relayed as is.
     async fn attempts(
         &self,
         mut body: Body,
         deadline: tokio::time::Instant,
     ) -> Result<reqwest::Response, Failure> {
-        let endpoints = self.pool.endpoints();
+        let mut endpoints = self.pool.endpoints();
         let mut tried = Vec::with_capacity(self.attempts);
+        // Attempts that reached an instance: they count against `attempts` and the budget.
+        let mut sent = 0;
         let mut last = Failure::NoEndpoint;
+        let waiting_ends = tokio::time::Instant::now() + self.gateway.wait_for_instance;
+        let mut waits = 0;
         let budget = &self.service.budget;
         budget.deposit();
-        while tried.len() < self.attempts {
+        while sent < self.attempts {
             let Some(endpoint) = Pool::pick(&endpoints, &tried, Instant::now()) else {
-                break;
+                // Every endpoint was tried. If none even accepted a connection, wait for one
+                // to come back (a restart) and try them all again.
+                let refused_only = sent == 0 && matches!(last, Failure::Unreachable);
+                let backoff = full_jitter(waits, WAIT_BACKOFF_MIN, WAIT_BACKOFF_MAX);
+                let now = tokio::time::Instant::now();
+                if !refused_only
+                    || matches!(body, Body::Streamed(_))
+                    || now + backoff >= waiting_ends.min(deadline)
+                {
+                    break;
+                }
+                waits += 1;
+                tokio::time::sleep(backoff).await;
+                tried.clear();
+                endpoints = self.pool.endpoints();
+                continue;
             };
-            if !tried.is_empty() {
+            if sent > 0 {
                 if !budget.try_withdraw(Instant::now()) {
                     self.count(&self.gateway.metrics.retries_refused);
                     break;
                 }
                 self.count(&self.gateway.metrics.retries);
-                let attempt = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+                let attempt = u32::try_from(sent).unwrap_or(u32::MAX);
                 tokio::time::sleep(full_jitter(
                     attempt - 1,
                     self.gateway.retry_backoff,
@@ -293,35 +372,31 @@ impl Call<'_> {
                 Body::Buffered(bytes) => reqwest::Body::from(bytes.clone()),
                 Body::Streamed(once) => once.take().expect("a streamed body is sent once"),
             };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let started = Instant::now();
-            let sent = {
-                let _in_flight = endpoint.start();
-                self.client
-                    .request(self.method.clone(), endpoint.url(self.path, self.query))
-                    .headers(self.headers.clone())
-                    .timeout(self.gateway.try_timeout.min(left))
-                    .body(attempt_body)
-                    .send()
-                    .await
-            };
+            let result = self.send(&endpoint, attempt_body, deadline).await;
             let seconds = started.elapsed().as_secs_f64();
-            match sent {
+            match result {
                 Ok(response) => {
+                    sent += 1;
                     let outcome = Outcome::of_status(response.status().as_u16());
                     endpoint.metrics.attempt(outcome, seconds);
-                    if outcome != Outcome::ServerError {
+                    if !unhealthy(response.status()) {
                         endpoint.record_success();
                         return Ok(response);
                     }
                     self.pool
                         .record_failure(&endpoint, outcome, response.status().as_str());
-                    if tried.len() >= self.attempts {
+                    if sent >= self.attempts {
                         return Ok(response);
                     }
                     last = Failure::Status(response);
                 }
                 Err(error) => {
+                    if let Some(problem) = self.fault.problem(self.gateway.max_body_bytes) {
+                        // The client's body failed the attempt: nothing to hold against the
+                        // upstream, nothing to retry.
+                        return Err(Failure::Client(problem));
+                    }
                     let outcome = if error.is_timeout() {
                         Outcome::Timeout
                     } else {
@@ -330,6 +405,9 @@ impl Call<'_> {
                     endpoint.metrics.attempt(outcome, seconds);
                     self.pool
                         .record_failure(&endpoint, outcome, &error.to_string());
+                    if !error.is_connect() {
+                        sent += 1; // it may have reached the instance
+                    }
                     last = if outcome == Outcome::Timeout {
                         Failure::Timeout
                     } else {
@@ -344,6 +422,24 @@ impl Call<'_> {
         }
     }
 
+    /// One attempt on `endpoint`, bounded by the try time-out and the overall deadline.
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        body: reqwest::Body,
+        deadline: tokio::time::Instant,
+    ) -> reqwest::Result<reqwest::Response> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _in_flight = endpoint.start();
+        self.client
+            .request(self.method.clone(), endpoint.url(self.path, self.query))
+            .headers(self.headers.clone())
+            .timeout(self.gateway.try_timeout.min(left))
+            .body(body)
+            .send()
+            .await
+    }
+
     fn count(&self, family: &Family<RouteLabels, Counter>) {
         family
             .get_or_create(&RouteLabels {
@@ -352,6 +448,10 @@ impl Call<'_> {
             .inc();
     }
 }
+
+/// Back-off between rounds of waiting for an instance to accept connections.
+const WAIT_BACKOFF_MIN: Duration = Duration::from_millis(25);
+const WAIT_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// The client's headers for the upstream: hop-by-hop removed, `X-Forwarded-*` and
 /// `X-Request-Id` set.
@@ -380,6 +480,7 @@ fn exhausted(service: &str, failure: &Failure) -> Problem {
         Failure::Unreachable | Failure::Status(_) => Problem::new(StatusCode::BAD_GATEWAY)
             .detail(format!("no instance of {service} could be reached"))
             .retry_after(1),
+        Failure::Client(problem) => problem.clone(),
         Failure::NoEndpoint => Problem::new(StatusCode::SERVICE_UNAVAILABLE)
             .detail(format!("{service} has no instance"))
             .retry_after(1),
@@ -390,9 +491,11 @@ fn exhausted(service: &str, failure: &Failure) -> Problem {
 enum Failure {
     Timeout,
     Unreachable,
-    /// Every attempt answered 5xx; the last answer is relayed.
+    /// Every attempt answered 502/503/504; the last answer is relayed.
     Status(reqwest::Response),
     NoEndpoint,
+    /// The client's body failed the attempt (over the limit, unreadable).
+    Client(Problem),
 }
 
 /// The upstream's response, streamed back without its hop-by-hop headers.

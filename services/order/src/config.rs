@@ -1,7 +1,10 @@
 //! Order settings, from the environment only.
 
 use dockyard_messaging::BrokerConfig;
+use std::time::Duration;
+
 use dockyard_runtime::{
+    command::{Command, DlqCommand},
     config::{ConfigError, from_env},
     database::DatabaseConfig,
     server::HttpConfig,
@@ -66,21 +69,60 @@ mod base_url_tests {
     }
 }
 
+/// The saga's deadline: `ORDER_PENDING_TIMEOUT`, `ORDER_PENDING_REPUBLISH`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SagaConfig {
+    /// How long an order may stay `pending` before its `order.placed` is published again
+    /// (`30s`, `500ms`, `2m`); each re-publication starts a new deadline.
+    #[serde(with = "humantime_serde", default = "default_pending_timeout")]
+    pub order_pending_timeout: Duration,
+    /// Re-publications before a still-pending order is rejected with reason `timeout` (and a
+    /// compensating `order.cancelled` releases whatever the catalog reserved).
+    #[serde(default = "default_pending_republish")]
+    pub order_pending_republish: u32,
+}
+
+fn default_pending_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_pending_republish() -> u32 {
+    3
+}
+
+impl SagaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.order_pending_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "ORDER_PENDING_TIMEOUT",
+                "must be at least 100ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What a command of the `order` binary needs: serving needs everything, `migrate` only the
-/// database.
+/// database, `dlq` only the broker.
 #[derive(Debug, Clone)]
 pub enum Loaded {
     Serve(Box<Settings>),
     Migrate(DatabaseConfig),
+    Dlq(BrokerConfig, DlqCommand),
 }
 
 impl Loaded {
-    pub fn from_env(command: dockyard_runtime::command::Command) -> Result<Self, ConfigError> {
+    pub fn from_env(command: Command) -> Result<Self, ConfigError> {
         match command {
-            dockyard_runtime::command::Command::Migrate => {
+            Command::Migrate => {
                 let database: DatabaseConfig = from_env()?;
                 database.connect_options()?;
                 Ok(Self::Migrate(database))
+            }
+            Command::Dlq(command) => {
+                let broker: BrokerConfig = from_env()?;
+                broker.validate()?;
+                Ok(Self::Dlq(broker, command))
             }
             _ => Ok(Self::Serve(Box::new(Settings::from_env()?))),
         }
@@ -94,6 +136,7 @@ pub struct Settings {
     pub database: DatabaseConfig,
     pub broker: BrokerConfig,
     pub catalog: CatalogConfig,
+    pub saga: SagaConfig,
 }
 
 impl Settings {
@@ -103,10 +146,33 @@ impl Settings {
             database: from_env()?,
             broker: from_env()?,
             catalog: from_env()?,
+            saga: from_env()?,
         };
         settings.database.connect_options()?;
         settings.broker.validate()?;
         settings.catalog.base_url()?;
+        settings.saga.validate()?;
         Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod saga_tests {
+    use dockyard_runtime::config::from_vars;
+
+    use super::*;
+
+    #[test]
+    fn the_deadline_reads_human_durations_and_names_a_bad_one() {
+        let saga: SagaConfig = from_vars([("ORDER_PENDING_TIMEOUT", "1m 30s")]).unwrap();
+        assert_eq!(saga.order_pending_timeout, Duration::from_secs(90));
+        assert_eq!(saga.order_pending_republish, 3);
+        let error = from_vars::<SagaConfig, _, _>([("ORDER_PENDING_TIMEOUT", "soon")]).unwrap_err();
+        assert_eq!(error.variable, "ORDER_PENDING_TIMEOUT");
+        let tiny: SagaConfig = from_vars([("ORDER_PENDING_TIMEOUT", "1ms")]).unwrap();
+        assert_eq!(
+            tiny.validate().unwrap_err().variable,
+            "ORDER_PENDING_TIMEOUT"
+        );
     }
 }

@@ -3,17 +3,34 @@
 //!
 //! `stock.reserved` confirms a pending order with the catalog's authoritative prices and
 //! total; `stock.rejected` rejects it with the reason. An order that is no longer pending
-//! (cancelled meanwhile) is left as it is: its `order.cancelled` makes the catalog release
-//! whatever it reserved.
+//! (cancelled, or rejected by the deadline, meanwhile) is left as it is: its `order.cancelled`
+//! makes the catalog release whatever it reserved.
+//!
+//! A stock event given up on ([`Handler::compensate`]) rejects the order with the reason and
+//! publishes `order.cancelled`, so a reservation the order will never use is released: the
+//! order still ends, and the stock with it.
+//!
+//! [`Deadline`] is the saga's clock: an order still pending `ORDER_PENDING_TIMEOUT` after its
+//! placement has `order.placed` published again (the catalog answers a placement it saw before
+//! with the same answer), up to `ORDER_PENDING_REPUBLISH` times; then it is rejected with
+//! reason `timeout` and compensated the same way. So every accepted order reaches a final
+//! state, even when its events were dead-lettered.
 
-use std::{future::Future, pin::Pin};
+use std::time::Duration;
 
-use dockyard_messaging::{Envelope, Handler, HandlerError};
+use dockyard_messaging::{Compensation, Envelope, Handler, HandlerError, HandlerFuture};
+use dockyard_runtime::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, types::Json};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::Line;
+use crate::{
+    config::SagaConfig,
+    domain::Line,
+    store::{self, Total},
+};
 
 #[derive(Debug, Serialize)]
 pub struct OrderPlaced {
@@ -24,6 +41,9 @@ pub struct OrderPlaced {
 #[derive(Debug, Serialize)]
 pub struct OrderCancelled {
     pub order_id: Uuid,
+    /// Why, when it is a compensation rather than the customer's cancellation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,7 +81,7 @@ impl Handler for StockEvents {
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>> {
+    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let invalid = |e: serde_json::Error| HandlerError::Permanent(e.to_string());
             let (order_id, moved) = if envelope.kind == "stock.reserved" {
@@ -75,36 +95,127 @@ impl Handler for StockEvents {
                         unit_price_minor: Some(l.unit_price_minor),
                     })
                     .collect();
-                let moved = sqlx::query(
-                    "UPDATE orders SET status = 'confirmed', lines = $2, total_minor = $3, currency = $4,
-                                       reason = NULL, updated_at = now()
-                     WHERE id = $1 AND status = 'pending'",
-                )
-                .bind(reserved.order_id)
-                .bind(Json(&lines))
-                .bind(reserved.total_minor)
-                .bind(&reserved.currency)
-                .execute(&mut *transaction)
-                .await?
-                .rows_affected();
+                let total = Total {
+                    amount_minor: reserved.total_minor,
+                    currency: reserved.currency,
+                };
+                let moved = store::confirm(transaction, reserved.order_id, &lines, &total).await?;
                 (reserved.order_id, moved)
             } else {
                 let rejected: StockRejected = envelope.payload().map_err(invalid)?;
-                let moved = sqlx::query(
-                    "UPDATE orders SET status = 'rejected', reason = $2, updated_at = now()
-                     WHERE id = $1 AND status = 'pending'",
-                )
-                .bind(rejected.order_id)
-                .bind(&rejected.reason)
-                .execute(&mut *transaction)
-                .await?
-                .rows_affected();
+                let moved = store::reject(transaction, rejected.order_id, &rejected.reason).await?;
                 (rejected.order_id, moved)
             };
-            if moved == 0 {
+            if !moved {
                 tracing::info!(%order_id, kind = envelope.kind, "order no longer pending; left as it is");
             }
             Ok(())
         })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        transaction: &'a mut PgConnection,
+        envelope: &'a Envelope,
+        reason: &'a str,
+    ) -> HandlerFuture<'a, Result<Compensation, sqlx::Error>> {
+        Box::pin(async move {
+            let order_id = envelope.correlation_id;
+            let why = format!("the catalog's answer could not be applied: {reason}");
+            if store::reject_and_compensate(transaction, order_id, &why).await? {
+                tracing::warn!(%order_id, reason, "order rejected and compensated");
+            }
+            Ok(Compensation::Settled)
+        })
+    }
+}
+
+/// The saga's deadline, run by every instance (rows are claimed with `SKIP LOCKED`).
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    pool: PgPool,
+    config: SagaConfig,
+    republished: Counter,
+    timed_out: Counter,
+}
+
+/// Due orders handled per transaction.
+const SWEEP_BATCH: i64 = 100;
+
+impl Deadline {
+    /// Registers its metrics: `dockyard_order_saga_republished_total`,
+    /// `dockyard_order_saga_timeouts_total`.
+    pub fn new(pool: PgPool, config: SagaConfig, metrics: &mut Metrics) -> Self {
+        let (republished, timed_out) = (Counter::default(), Counter::default());
+        metrics.register(
+            "order_saga_republished",
+            "Placements published again because the saga did not answer in time",
+            republished.clone(),
+        );
+        metrics.register(
+            "order_saga_timeouts",
+            "Orders rejected with reason timeout after their last re-publication",
+            timed_out.clone(),
+        );
+        Self {
+            pool,
+            config,
+            republished,
+            timed_out,
+        }
+    }
+
+    /// How often due orders are looked for: a fifth of the timeout, within 50 ms to 5 s.
+    fn interval(&self) -> Duration {
+        (self.config.order_pending_timeout / 5)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
+    /// Sweeps until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => self.sweep().await,
+            }
+        }
+        tracing::info!("saga deadline stopped");
+    }
+
+    async fn sweep(&self) {
+        loop {
+            let swept = store::sweep_due(
+                &self.pool,
+                SWEEP_BATCH,
+                self.config.order_pending_republish,
+                self.config.order_pending_timeout,
+            )
+            .await;
+            match swept {
+                Ok(done) => {
+                    for (order_id, what) in &done {
+                        match what {
+                            store::Deadline::Republished => {
+                                self.republished.inc();
+                                tracing::warn!(%order_id, "order still pending at its deadline; placement published again");
+                            }
+                            store::Deadline::TimedOut => {
+                                self.timed_out.inc();
+                                tracing::warn!(%order_id, "order still pending after its last deadline; rejected (timeout)");
+                            }
+                        }
+                    }
+                    if done.len() < usize::try_from(SWEEP_BATCH).unwrap_or(usize::MAX) {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "saga deadline sweep failed; retried on the next tick");
+                    return;
+                }
+            }
+        }
     }
 }

@@ -1,12 +1,12 @@
 use std::process::ExitCode;
 
 use dockyard_runtime::{
-    command::{Command, run_service},
+    command::{Kind, run_service},
     shutdown,
 };
 use order::{SERVICE, config::Loaded, startup::Application, store};
 
-const COMMANDS: &[Command] = &[Command::Serve, Command::Migrate, Command::Healthcheck];
+const COMMANDS: &[Kind] = &[Kind::Serve, Kind::Migrate, Kind::Healthcheck, Kind::Dlq];
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -17,6 +17,11 @@ async fn main() -> ExitCode {
         |_, loaded| async move {
             let result = match loaded {
                 Loaded::Migrate(database) => store::migrate(&database).await,
+                Loaded::Dlq(broker, command) => {
+                    dockyard_messaging::dlq::run(&broker, SERVICE, command, &mut std::io::stdout())
+                        .await
+                        .map_err(Into::into)
+                }
                 Loaded::Serve(settings) => match Application::build(&settings) {
                     Ok(app) => app.run_until_stopped(shutdown::signal()).await,
                     Err(error) => Err(error),

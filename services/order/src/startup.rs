@@ -1,9 +1,9 @@
 //! Assembles the order process: pool, broker, catalog client, routes, the stock-event
-//! consumer and the outbox relay; shuts them down in order.
+//! consumer, the outbox relay and the saga's deadline; shuts them down in order.
 
 use std::{future::Future, sync::Arc};
 
-use dockyard_messaging::{Broker, BrokerCheck, EventWorkers, Subscription};
+use dockyard_messaging::{Broker, BrokerCheck, ConsumerCheck, EventWorkers, Subscription};
 use dockyard_runtime::{
     database::{Database, DatabaseCheck},
     health::Health,
@@ -11,8 +11,14 @@ use dockyard_runtime::{
     server,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{
-    SERVICE, catalog::CatalogClient, config::Settings, events::StockEvents, routes,
+    SERVICE,
+    catalog::CatalogClient,
+    config::Settings,
+    events::{Deadline, StockEvents},
+    routes,
     store::OrderStore,
 };
 
@@ -21,6 +27,8 @@ pub struct Application {
     server: server::Server,
     database: Database,
     broker: Broker,
+    subscription: Subscription,
+    deadline: Deadline,
 }
 
 impl std::fmt::Debug for Application {
@@ -37,17 +45,24 @@ impl Application {
         let database = Database::new(settings.database.connect_lazy()?);
         let broker = Broker::start(settings.broker.clone());
         let catalog = CatalogClient::new(&settings.catalog)?;
+        let subscription = Subscription::new(SERVICE, Arc::new(StockEvents));
         let health = Health::new(SERVICE)
             .with_check(DatabaseCheck::new(database.clone()))
-            .with_check(BrokerCheck(broker.clone()));
-        let store = OrderStore::new(database.clone());
-        let server = server::bind(&settings.http, health, Metrics::new(), move |config| {
+            .with_check(BrokerCheck(broker.clone()))
+            .with_check(ConsumerCheck(subscription.status()));
+        let mut metrics = Metrics::new();
+        subscription.status().register(&mut metrics);
+        let deadline = Deadline::new(database.pool().clone(), settings.saga.clone(), &mut metrics);
+        let store = OrderStore::new(database.clone(), settings.saga.order_pending_timeout);
+        let server = server::bind(&settings.http, health, metrics, move |config| {
             routes::configure(config, store.clone(), catalog.clone());
         })?;
         Ok(Self {
             server,
             database,
             broker,
+            subscription,
+            deadline,
         })
     }
 
@@ -55,18 +70,16 @@ impl Application {
         self.server.port()
     }
 
-    /// Serves until `shutdown`; then drains HTTP, stops the consumer after its current
-    /// message, flushes the relay, closes the broker and the pool.
+    /// Serves until `shutdown`; then drains HTTP, stops the deadline, stops the consumer
+    /// after its current message, flushes the relay, closes the broker and the pool.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let workers = EventWorkers::start(
-            self.database.pool().clone(),
-            self.broker,
-            Subscription {
-                consumer: SERVICE,
-                handler: Arc::new(StockEvents),
-            },
-        );
+        let workers =
+            EventWorkers::start(self.database.pool().clone(), self.broker, self.subscription);
+        let stop_deadline = CancellationToken::new();
+        let deadline = tokio::spawn(self.deadline.run(stop_deadline.clone()));
         let served = self.server.run_until_stopped(shutdown).await;
+        stop_deadline.cancel();
+        let _ = deadline.await;
         workers.stop().await;
         self.database.close().await;
         tracing::info!("broker and database closed; bye");

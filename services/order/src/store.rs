@@ -1,5 +1,8 @@
 //! Orders in PostgreSQL: placing (with its idempotency key and its `order.placed` event in one
-//! transaction), reading, cancelling.
+//! transaction), reading, cancelling, and the saga's transitions (confirm, reject, the
+//! deadline). The only writer of `orders` and `idempotency_keys`.
+
+use std::time::Duration;
 
 use anyhow::Context;
 use dockyard_messaging::{Envelope, outbox};
@@ -98,11 +101,16 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct OrderStore {
     database: Database,
+    /// A new order is due (for the saga's deadline) this long after its placement.
+    pending_timeout: Duration,
 }
 
 impl OrderStore {
-    pub fn new(database: Database) -> Self {
-        Self { database }
+    pub fn new(database: Database, pending_timeout: Duration) -> Self {
+        Self {
+            database,
+            pending_timeout,
+        }
     }
 
     /// What an earlier request with this key got, if any.
@@ -129,6 +137,7 @@ impl OrderStore {
         total: Option<Total>,
     ) -> Result<Placed, StoreError> {
         let (key, request, order) = (key.to_owned(), request.clone(), order.clone());
+        let timeout = self.pending_timeout.as_secs_f64();
         Ok(self
             .database
             .run(move |pool| async move {
@@ -150,8 +159,8 @@ impl OrderStore {
                 }
                 let id = Uuid::now_v7();
                 let row: OrderRow = sqlx::query_as(
-                    "INSERT INTO orders (id, customer_id, status, lines, total_minor, currency)
-                     VALUES ($1, $2, 'pending', $3, $4, $5)
+                    "INSERT INTO orders (id, customer_id, status, lines, total_minor, currency, due_at)
+                     VALUES ($1, $2, 'pending', $3, $4, $5, now() + make_interval(secs => $6))
                      RETURNING *",
                 )
                 .bind(id)
@@ -159,6 +168,7 @@ impl OrderStore {
                 .bind(Json(&order.lines))
                 .bind(total.as_ref().map(|t| t.amount_minor))
                 .bind(total.as_ref().map(|t| t.currency.as_str()))
+                .bind(timeout)
                 .fetch_one(&mut *transaction)
                 .await?;
                 let placed = OrderPlaced { order_id: id, lines: order.lines.clone() };
@@ -238,7 +248,7 @@ impl OrderStore {
                 .bind(id)
                 .fetch_one(&mut *transaction)
                 .await?;
-                let cancelled = OrderCancelled { order_id: id };
+                let cancelled = OrderCancelled { order_id: id, reason: None };
                 outbox::enqueue(&mut transaction, &Envelope::new("order.cancelled", id, &cancelled)).await?;
                 transaction.commit().await?;
                 tracing::info!(was = status.as_str(), "order cancelled");
@@ -246,6 +256,128 @@ impl OrderStore {
             })
             .await?
     }
+}
+
+/// The saga's verdict on a pending order: `stock.reserved` confirms it at the catalog's
+/// prices. `false` when the order was no longer pending (left as it is).
+pub async fn confirm(
+    transaction: &mut PgConnection,
+    order_id: Uuid,
+    lines: &[Line],
+    total: &Total,
+) -> sqlx::Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE orders SET status = 'confirmed', lines = $2, total_minor = $3, currency = $4,
+                           reason = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(order_id)
+    .bind(Json(lines))
+    .bind(total.amount_minor)
+    .bind(&total.currency)
+    .execute(transaction)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
+/// Rejects a pending order with `reason`. `false` when it was no longer pending.
+pub async fn reject(
+    transaction: &mut PgConnection,
+    order_id: Uuid,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE orders SET status = 'rejected', reason = $2, updated_at = now()
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(order_id)
+    .bind(reason)
+    .execute(transaction)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
+/// Rejects a pending order whose saga step was given up on, and publishes `order.cancelled`
+/// so that whatever the catalog reserved for it is released. `false` when it was no longer
+/// pending.
+pub async fn reject_and_compensate(
+    transaction: &mut PgConnection,
+    order_id: Uuid,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    if !reject(transaction, order_id, reason).await? {
+        return Ok(false);
+    }
+    let cancelled = OrderCancelled {
+        order_id,
+        reason: Some(reason.to_owned()),
+    };
+    outbox::enqueue(
+        transaction,
+        &Envelope::new("order.cancelled", order_id, &cancelled),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// What the deadline did to one due order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// `order.placed` published again, with a new deadline.
+    Republished,
+    /// Rejected with reason `timeout`, and compensated.
+    TimedOut,
+}
+
+/// Handles up to `limit` pending orders whose deadline has passed, in one transaction: each
+/// gets its placement published again while it has had at most `republish` re-publications,
+/// else it is rejected (`timeout`) and compensated. Rows are claimed with `SKIP LOCKED`, so
+/// every instance may run this at once.
+pub async fn sweep_due(
+    pool: &sqlx::PgPool,
+    limit: i64,
+    republish: u32,
+    timeout: Duration,
+) -> sqlx::Result<Vec<(Uuid, Deadline)>> {
+    let mut transaction = pool.begin().await?;
+    let due: Vec<(Uuid, Json<Vec<Line>>, i16)> = sqlx::query_as(
+        "SELECT id, lines, placements FROM orders
+         WHERE status = 'pending' AND due_at <= now()
+         ORDER BY due_at LIMIT $1
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let mut done = Vec::with_capacity(due.len());
+    for (order_id, Json(lines), placements) in due {
+        let republications = u32::try_from(placements).unwrap_or(1).saturating_sub(1);
+        if republications < republish {
+            sqlx::query(
+                "UPDATE orders SET placements = placements + 1,
+                                   due_at = now() + make_interval(secs => $2)
+                 WHERE id = $1",
+            )
+            .bind(order_id)
+            .bind(timeout.as_secs_f64())
+            .execute(&mut *transaction)
+            .await?;
+            let placed = OrderPlaced { order_id, lines };
+            outbox::enqueue(
+                &mut transaction,
+                &Envelope::new("order.placed", order_id, &placed),
+            )
+            .await?;
+            done.push((order_id, Deadline::Republished));
+        } else {
+            reject_and_compensate(&mut transaction, order_id, "timeout").await?;
+            done.push((order_id, Deadline::TimedOut));
+        }
+    }
+    transaction.commit().await?;
+    Ok(done)
 }
 
 /// An idempotency key's row: the request, and the response status and body once answered.

@@ -60,6 +60,10 @@ pub struct Instance {
     pub ip: Ipv4Addr,
     pub port: u16,
     child: Child,
+    /// How it was started, so it can be started again.
+    binary: String,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Instance {
@@ -314,6 +318,9 @@ impl Stack {
             ip,
             port,
             child,
+            binary: binary.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: env.to_vec(),
         })
     }
 
@@ -404,6 +411,25 @@ impl Stack {
         instance.signal(Signal::SIGKILL);
         instance.child.wait().await?;
         Ok(())
+    }
+
+    /// Restarts instance `name` as an orchestrator rolls a pod in place: SIGTERM, wait until
+    /// it has drained and exited, start a new process on the same address; returns once the
+    /// new one is ready, with the old process's exit status.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
+        let index = self
+            .instances
+            .iter()
+            .position(|i| i.name == name)
+            .with_context(|| format!("no instance {name}"))?;
+        let mut old = self.instances.remove(index);
+        old.signal(Signal::SIGTERM);
+        let status = old.child.wait().await?;
+        let args: Vec<&str> = old.args.iter().map(String::as_str).collect();
+        let new = self.spawn(&old.name, old.ip, old.port, &old.binary, &args, &old.env)?;
+        wait_until_ready(&new.url()).await?;
+        self.instances.insert(index, new);
+        Ok(status)
     }
 
     /// The gateway's admin API.

@@ -264,3 +264,123 @@ async fn the_platform_serves_survives_a_crash_scales_out_and_drains_on_sigterm()
         }
     }
 }
+
+/// `clients` loops placing orders through the gateway, each under a fresh `Idempotency-Key`,
+/// retried with the same key for up to 2 s as a careful client would; an order still not
+/// accepted after 2 s is a failed order.
+fn place_orders(
+    gateway: &str,
+    product: &str,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Tally>> {
+    (0..clients)
+        .map(|_| {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let (url, stop) = (format!("{gateway}/api/orders/orders"), Arc::clone(stop));
+            let body = json!({"customer_id": uuid::Uuid::now_v7(), "lines": [{"product_id": product, "quantity": 1}]});
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let key = uuid::Uuid::new_v4().to_string();
+                    let first = tokio::time::Instant::now();
+                    loop {
+                        let sent = client
+                            .post(&url)
+                            .header("idempotency-key", &key)
+                            .json(&body)
+                            .send()
+                            .await;
+                        let outcome = match sent {
+                            Ok(response) if response.status() == 202 => None,
+                            Ok(response) => Some(response.status().to_string()),
+                            Err(error) => Some(error.to_string()),
+                        };
+                        match outcome {
+                            None => {
+                                tally.ok += 1;
+                                break;
+                            }
+                            Some(failure) if first.elapsed() > Duration::from_secs(2) => {
+                                tally.failed.push(failure);
+                                break;
+                            }
+                            Some(_) => {
+                                tally.refused += 1; // a retried attempt
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+                tally
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn restarting_the_only_order_instance_fails_no_order_of_a_client_that_retries() {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (catalog_db, order_db) = (
+        format!("e2e_catalog_{suffix}"),
+        format!("e2e_orders_{suffix}"),
+    );
+    let _cleanup = Cleanup(vec![catalog_db.clone(), order_db.clone()]);
+    let exchange = TestExchange::new();
+    let options = stack::Options {
+        catalog_instances: 1,
+        order_instances: 1,
+        canary: false,
+        canary_weight: 0,
+        gateway_port: 0,
+        admin_port: 0,
+        database_url: server_url(),
+        catalog_database: catalog_db.clone(),
+        order_database: order_db.clone(),
+        amqp_url: amqp_url(),
+        amqp_exchange: exchange.name().to_owned(),
+        bin_dir: stack::bin_dir(false),
+        admin_token: "e2e-admin-token-0123456789".to_owned(),
+        log_format: "json".to_owned(),
+        show_logs: false,
+    };
+    let mut platform = stack::Stack::start(options).await.unwrap();
+    let gateway = platform.gateway_url.clone();
+    let product = order_is_confirmed(&gateway).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = place_orders(&gateway, &product, 4, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = tokio::time::Instant::now();
+    let old = platform.restart("order-1").await.unwrap();
+    let gap = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let orders = total(tasks).await;
+
+    assert!(old.success(), "the old process drained and exited 0: {old}");
+    assert!(gap < Duration::from_secs(3), "the restart took {gap:?}");
+    assert!(orders.ok > 20, "{orders:?}");
+    assert!(
+        orders.failed.is_empty(),
+        "{} orders failed after 2 s of retries (restart took {gap:?}): {:?}",
+        orders.failed.len(),
+        &orders.failed[..orders.failed.len().min(5)]
+    );
+    let url = database::url_of(&server_url(), &order_db).unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(
+        usize::try_from(stored).unwrap(),
+        orders.ok + 1,
+        "one order per accepted key (plus the first one), none doubled"
+    );
+    platform.stop().await;
+}

@@ -35,7 +35,8 @@ impl Serialize for Currency {
     }
 }
 
-/// A non-negative price.
+/// A price from 0 to [`Money::MAX_AMOUNT_MINOR`]: with at most 100 lines of 10 000 units an
+/// order's total stays below `i64::MAX`, so totals never overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Money {
     /// Amount in the currency's minor unit: 1299 with EUR is €12.99.
@@ -44,6 +45,9 @@ pub struct Money {
 }
 
 impl Money {
+    /// 10¹² minor units (ten billion euros).
+    pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+
     /// Validates a price; errors name `{field}.amount_minor` / `{field}.currency`.
     pub fn parse(field: &str, amount_minor: i64, currency: &str) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
@@ -51,6 +55,11 @@ impl Money {
             errors.push(FieldError::new(
                 format!("{field}.amount_minor"),
                 "must not be negative",
+            ));
+        } else if amount_minor > Self::MAX_AMOUNT_MINOR {
+            errors.push(FieldError::new(
+                format!("{field}.amount_minor"),
+                format!("must be at most {}", Self::MAX_AMOUNT_MINOR),
             ));
         }
         let currency = Currency::parse(currency)

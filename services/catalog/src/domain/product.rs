@@ -47,32 +47,69 @@ impl ProductName {
     }
 }
 
-/// Units in stock: never negative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Units in stock: 0 to [`Stock::MAX`]. Reserving takes units, releasing gives them back; both
+/// are checked, so stock arithmetic never overflows (the schema enforces the same bounds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Stock(i32);
 
 impl Stock {
+    /// A billion units: far beyond any real shelf, far below `integer`'s 2 147 483 647.
+    pub const MAX: i32 = 1_000_000_000;
+
     pub fn parse(raw: i64) -> Result<Self, String> {
         if raw < 0 {
             return Err("must not be negative".to_owned());
         }
         i32::try_from(raw)
+            .ok()
+            .filter(|units| *units <= Self::MAX)
             .map(Self)
-            .map_err(|_| format!("must be at most {}", i32::MAX))
+            .ok_or_else(|| format!("must be at most {}", Self::MAX))
+    }
+
+    /// A stock as stored; `None` if the row breaks the bounds (written before they existed).
+    pub fn from_stored(units: i32) -> Option<Self> {
+        (0..=Self::MAX).contains(&units).then_some(Self(units))
     }
 
     pub fn value(self) -> i32 {
         self.0
     }
+
+    /// What is left after taking `units`; `None` if there are not that many.
+    pub fn take(self, units: i32) -> Option<Self> {
+        self.0
+            .checked_sub(units)
+            .filter(|left| *left >= 0 && units >= 0)
+            .map(Self)
+    }
+
+    /// The stock after giving back `units`; `None` if it would pass [`Stock::MAX`].
+    pub fn give_back(self, units: i32) -> Option<Self> {
+        self.0
+            .checked_add(units)
+            .filter(|total| *total <= Self::MAX && units >= 0)
+            .map(Self)
+    }
 }
 
 const DESCRIPTION_MAX_CHARS: usize = 2000;
 
+/// A description: at most [`DESCRIPTION_MAX_CHARS`] characters, trimmed; line breaks and tabs
+/// are text, other control characters (NUL among them, which PostgreSQL cannot store) are not.
 fn parse_description(raw: &str) -> Result<String, String> {
     if raw.chars().count() > DESCRIPTION_MAX_CHARS {
         return Err(format!(
             "must be at most {DESCRIPTION_MAX_CHARS} characters"
         ));
+    }
+    if raw
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(
+            "must not contain control characters other than line breaks and tabs".to_owned(),
+        );
     }
     Ok(raw.trim().to_owned())
 }
@@ -207,6 +244,35 @@ mod tests {
     #[test]
     fn stock_is_bounded() {
         assert!(Stock::parse(-1).is_err());
-        assert!(Stock::parse(i64::from(i32::MAX) + 1).is_err());
+        assert!(Stock::parse(i64::from(Stock::MAX) + 1).is_err());
+        assert!(Stock::parse(i64::from(i32::MAX)).is_err());
+        assert_eq!(
+            Stock::parse(i64::from(Stock::MAX)).unwrap().value(),
+            Stock::MAX
+        );
+    }
+
+    #[test]
+    fn stock_arithmetic_stays_within_its_bounds() {
+        let ten = Stock::parse(10).unwrap();
+        assert_eq!(ten.take(10).map(Stock::value), Some(0));
+        assert_eq!(ten.take(11), None);
+        assert_eq!(ten.take(-1), None);
+        let full = Stock::parse(i64::from(Stock::MAX)).unwrap();
+        assert_eq!(full.give_back(1), None, "never past the maximum");
+        assert_eq!(ten.give_back(5).map(Stock::value), Some(15));
+        assert_eq!(Stock::from_stored(i32::MAX), None);
+        let almost = Stock::from_stored(i32::MAX - 1);
+        assert_eq!(
+            almost, None,
+            "rows from before the bound are refused, not wrapped"
+        );
+    }
+
+    #[test]
+    fn descriptions_keep_line_breaks_and_refuse_other_control_characters() {
+        assert_eq!(parse_description(" a\nb\tc ").unwrap(), "a\nb\tc");
+        assert!(parse_description("nul\0").is_err());
+        assert!(parse_description("\u{1b}[31m").is_err());
     }
 }

@@ -4,7 +4,7 @@ mod conditional;
 mod products;
 
 use actix_web::{http::StatusCode, web};
-use dockyard_runtime::{exit::error_chain, problem::Problem};
+use dockyard_runtime::problem::Problem;
 
 use crate::store::{ProductStore, StoreError};
 
@@ -28,18 +28,7 @@ impl From<StoreError> for Problem {
                 "{error}; fetch it again and retry with its current ETag"
             ))
             .extension("current_etag", conditional::etag(current).to_string()),
-            StoreError::Database(
-                ref cause @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_)),
-            ) => {
-                tracing::error!(error = %error_chain(cause), "database unavailable");
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-                    .detail("the database is unavailable; retry shortly")
-                    .retry_after(1)
-            }
-            StoreError::Database(ref cause) => {
-                tracing::error!(error = %error_chain(cause), "database query failed");
-                Problem::internal()
-            }
+            StoreError::Database(ref cause) => dockyard_runtime::database::problem(cause),
         }
     }
 }

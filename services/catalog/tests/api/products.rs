@@ -392,3 +392,76 @@ async fn delete_removes_the_product_and_honours_if_match() {
     let again = app.client.delete(app.url(&path)).send().await.unwrap();
     assert_problem(again, 404).await;
 }
+
+/// The fields of `problem`'s `errors` list.
+fn fields_of(problem: &serde_json::Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn control_characters_in_text_fields_are_422_naming_the_field_never_500() {
+    let app = spawn_app().await;
+    let (product, etag) = app.create_product("TEXT-1").await;
+    let id = product["id"].as_str().unwrap();
+
+    for text in ["nul \u{0} inside", "bell \u{7}", "escape \u{1b}[31m"] {
+        for field in ["description", "name"] {
+            let mut body = product_body("TEXT-2");
+            body[field] = json!(text);
+            let created = assert_problem(app.post_product(&body).await, 422).await;
+            assert_eq!(fields_of(&created), [field], "{created}");
+
+            let patched =
+                assert_problem(app.patch(id, Some(&etag), &json!({field: text})).await, 422).await;
+            assert_eq!(fields_of(&patched), [field], "{patched}");
+        }
+    }
+    let mut multiline = product_body("TEXT-3");
+    multiline["description"] = json!("Line one.\nLine two,\twith a tab.");
+    assert_eq!(
+        app.post_product(&multiline).await.status(),
+        201,
+        "newlines and tabs are text"
+    );
+}
+
+#[tokio::test]
+async fn numbers_past_their_documented_limits_are_422() {
+    let app = spawn_app().await;
+    let (product, etag) = app.create_product("BIG-1").await;
+    let id = product["id"].as_str().unwrap();
+
+    let mut body = product_body("BIG-2");
+    body["stock"] = json!(1_000_000_001);
+    assert_eq!(
+        fields_of(&assert_problem(app.post_product(&body).await, 422).await),
+        ["stock"]
+    );
+    let patched = assert_problem(
+        app.patch(id, Some(&etag), &json!({"stock": 2_147_483_647}))
+            .await,
+        422,
+    )
+    .await;
+    assert_eq!(fields_of(&patched), ["stock"]);
+    let mut pricey = product_body("BIG-3");
+    pricey["price"]["amount_minor"] = json!(1_000_000_000_001_i64);
+    assert_eq!(
+        fields_of(&assert_problem(app.post_product(&pricey).await, 422).await),
+        ["price.amount_minor"]
+    );
+
+    let mut at_limit = product_body("BIG-4");
+    at_limit["stock"] = json!(1_000_000_000);
+    at_limit["price"]["amount_minor"] = json!(1_000_000_000_000_i64);
+    assert_eq!(
+        app.post_product(&at_limit).await.status(),
+        201,
+        "the limits themselves are fine"
+    );
+}

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use dockyard_messaging::Envelope;
+use dockyard_runtime::command::{DlqCommand, Selection};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -190,4 +191,113 @@ async fn fifty_orders_for_ten_in_stock_on_two_competing_instances_reserve_exactl
     }
     assert_eq!((reserved, rejected), (10, 40));
     assert_eq!(stock_of(&app, &mug).await, 0);
+}
+
+#[tokio::test]
+async fn a_release_past_the_stock_limit_is_dead_lettered_recorded_and_blocks_nothing() {
+    let app = spawn_app().await;
+    let mug = product_id(&app, "MUG", 10).await;
+    let tee = product_id(&app, "TEE", 20).await;
+    let mut events = app.exchange.probe("stock.*").await;
+    let order_id = Uuid::now_v7();
+    app.exchange
+        .publish(&order_placed(order_id, &[(&mug, 1)]))
+        .await;
+    assert_eq!(events.next(WAIT).await.kind, "stock.reserved");
+    let product: Value = app
+        .get(&format!("/products/{mug}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let etag = format!("\"v{}\"", product["version"]);
+    let refilled = app
+        .patch(&mug, Some(&etag), &json!({"stock": 1_000_000_000}))
+        .await;
+    assert_eq!(refilled.status(), 200, "the documented maximum");
+
+    // Releasing the one reserved unit would take the stock past its maximum.
+    app.exchange
+        .publish(&Envelope::new(
+            "order.cancelled",
+            order_id,
+            &json!({"order_id": order_id}),
+        ))
+        .await;
+    for _ in 0..20 {
+        app.exchange
+            .publish(&order_placed(Uuid::now_v7(), &[(&tee, 1)]))
+            .await;
+    }
+
+    for _ in 0..20 {
+        assert_eq!(
+            events.next(WAIT).await.kind,
+            "stock.reserved",
+            "later orders still flow"
+        );
+    }
+    assert_eq!(stock_of(&app, &tee).await, 0);
+    assert_eq!(
+        stock_of(&app, &mug).await,
+        1_000_000_000,
+        "never past the limit"
+    );
+    let dead = app.exchange.wait_for_dead_letters("catalog", 1, WAIT).await;
+    assert_eq!(
+        dead, 1,
+        "the cancellation waits in the dead-letter queue for a replay"
+    );
+    let (cancelled, why): (bool, Option<String>) = sqlx::query_as(
+        "SELECT cancelled_at IS NOT NULL, cancel_reason FROM order_sagas WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_one(&app.db.pool().await)
+    .await
+    .unwrap();
+    assert!(cancelled, "the cancellation itself is recorded");
+    assert!(why.unwrap().contains("past the maximum"), "with the reason");
+
+    app.exchange
+        .publish(&order_placed(order_id, &[(&mug, 1)]))
+        .await;
+    let again = events.next(WAIT).await;
+    assert_eq!(
+        (again.kind.as_str(), again.correlation_id),
+        ("stock.reserved", order_id),
+        "a placement that comes again gets the same answer"
+    );
+    assert_eq!(
+        stock_of(&app, &mug).await,
+        1_000_000_000,
+        "and reserves nothing more"
+    );
+
+    // The operator brings the stock down and replays the dead letter: the release completes.
+    let product: Value = app
+        .get(&format!("/products/{mug}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let etag = format!("\"v{}\"", product["version"]);
+    let lowered = app.patch(&mug, Some(&etag), &json!({"stock": 500})).await;
+    assert_eq!(lowered.status(), 200);
+    let broker = crate::helpers::settings(app.db.url(), &app.exchange).broker;
+    let mut output = Vec::new();
+    let replay = DlqCommand::Replay(Selection::All);
+    dockyard_messaging::dlq::run(&broker, "catalog", replay, &mut output)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output).contains("1 dead letter(s) replayed"));
+    let mut stock = 0;
+    for _ in 0..100 {
+        stock = stock_of(&app, &mug).await;
+        if stock == 501 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stock, 501, "the reserved unit is back, once");
+    assert_eq!(app.exchange.dead_letters("catalog").await, 0);
 }

@@ -12,10 +12,10 @@ use gateway::{config::Settings, startup::Application};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-/// A test upstream: echoes who it is and what it received. `/fail` answers 500, `/echo`
-/// returns the request body, `/slow?ms=N` answers after N ms; while `broken` is set, every
-/// request (health checks included) answers 500. `hits` counts requests other than health
-/// checks.
+/// A test upstream: echoes who it is and what it received. `/fail` answers 500 (a bug some
+/// input triggers), `/echo` returns the request body, `/slow?ms=N` answers after N ms; while
+/// `broken` is set, every request (health checks included) answers 503, as an unhealthy
+/// instance does. `hits` counts requests other than health checks.
 pub struct Upstream {
     pub url: String,
     pub broken: Arc<AtomicBool>,
@@ -34,8 +34,11 @@ async fn answer(request: HttpRequest, body: web::Bytes, me: web::Data<Behaviour>
     if !request.path().starts_with("/health") {
         me.hits.fetch_add(1, Ordering::Relaxed);
     }
-    if me.broken.load(Ordering::Relaxed) || request.path() == "/fail" {
-        return HttpResponse::InternalServerError().body("broken");
+    if me.broken.load(Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable().body("broken");
+    }
+    if request.path() == "/fail" {
+        return HttpResponse::InternalServerError().body("a bug");
     }
     if request.path() == "/echo" {
         return HttpResponse::Ok().body(body);

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{dead_url, gateway_with, upstream};
+use crate::helpers::{gateway_with, upstream, upstream_on};
 
 #[tokio::test]
 async fn a_failing_pool_opens_its_breaker_then_recovers() {
@@ -21,7 +21,7 @@ async fn a_failing_pool_opens_its_breaker_then_recovers() {
     let get = || client.get(format!("{}/api/x/item", gateway.url)).send();
 
     for _ in 0..5 {
-        assert_eq!(get().await.unwrap().status(), 500, "the failure is relayed");
+        assert_eq!(get().await.unwrap().status(), 503, "the failure is relayed");
     }
     let hits = flaky.hits();
     let refused = get().await.unwrap();
@@ -78,7 +78,7 @@ async fn a_canary_with_an_open_breaker_falls_back_to_the_stable_pool() {
     }
 
     assert!(
-        statuses[..5].iter().all(|s| *s == 500),
+        statuses[..5].iter().all(|s| *s == 503),
         "the canary fails: {statuses:?}"
     );
     assert!(
@@ -97,8 +97,11 @@ async fn a_canary_with_an_open_breaker_falls_back_to_the_stable_pool() {
 #[tokio::test]
 async fn retries_stop_when_the_budget_is_spent() {
     let good = upstream("good", "127.0.0.2", false);
+    // A live instance answering 503: retrying costs budget. (A refused connection never
+    // reached an instance, so trying the next one costs none.)
+    let broken = upstream("broken", "127.0.0.3", true);
     let gateway = gateway_with(
-        &format!("/api/x={},{}", good.url, dead_url()),
+        &format!("/api/x={},{}", good.url, broken.url),
         &[
             ("RETRY_BUDGET_PERCENT", "0"),
             ("RETRY_MIN_PER_SEC", "0"),
@@ -119,7 +122,7 @@ async fn retries_stop_when_the_budget_is_spent() {
             .await
             .unwrap();
         if response.status() != 200 {
-            assert_eq!(response.status(), 502);
+            assert_eq!(response.status(), 503, "the unhealthy answer is relayed");
             failed += 1;
         }
     }
@@ -139,7 +142,7 @@ async fn retries_stop_when_the_budget_is_spent() {
     let refused = format!("dockyard_gateway_retries_refused_total{{route=\"x\"}} {failed}");
     assert!(metrics.contains(&refused), "{refused} in\n{metrics}");
     assert!(metrics.contains(
-        "dockyard_gateway_upstream_attempts_total{route=\"x\",pool=\"blue\",endpoint=\"127.0.0.9"
+        "dockyard_gateway_upstream_attempts_total{route=\"x\",pool=\"blue\",endpoint=\"127.0.0.3"
     ));
 }
 
@@ -166,5 +169,97 @@ async fn the_overall_timeout_bounds_every_attempt_together() {
         started.elapsed() < Duration::from_millis(1500),
         "two 500 ms tries are cut at 700 ms, took {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_retryable_request_waits_for_the_only_instance_to_come_back() {
+    let first = upstream("first", "127.0.0.2", false);
+    let port = first.port();
+    let gateway = gateway_with(&format!("/api/x={}", first.url), &[]).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{}/api/x/warm", gateway.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A restart in place: the instance is gone for 600 ms, then listens again.
+    first.stop().await;
+    let restarted = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        upstream_on("second", "127.0.0.2", port, false)
+    });
+    let started = Instant::now();
+    let keyed = client
+        .post(format!("{}/api/x/orders", gateway.url))
+        .header("idempotency-key", "k-1")
+        .body("{}")
+        .send();
+    let read = client.get(format!("{}/api/x/item", gateway.url)).send();
+    let unkeyed = client
+        .post(format!("{}/api/x/orders", gateway.url))
+        .body("{}")
+        .send();
+    let (keyed, read, unkeyed) = tokio::join!(keyed, read, unkeyed);
+    let _second = restarted.await.unwrap();
+
+    assert_eq!(
+        keyed.unwrap().status(),
+        200,
+        "a keyed POST waits for the instance"
+    );
+    let read = read.unwrap();
+    assert_eq!(read.status(), 200, "so does a GET");
+    assert_eq!(read.headers()["x-upstream"], "second");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(
+        unkeyed.unwrap().status(),
+        502,
+        "a POST that may not be repeated is not held (its body streams once)"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_passing_its_health_check_ends_the_breakers_open_period() {
+    let flaky = upstream("flaky", "127.0.0.2", true);
+    let gateway = gateway_with(
+        &format!("/api/x={}", flaky.url),
+        &[
+            ("BREAKER_WINDOW", "10"),
+            ("BREAKER_MIN_CALLS", "5"),
+            ("BREAKER_OPEN_MS", "60000"),
+            ("EJECT_AFTER_FAILURES", "1000"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let get = || client.get(format!("{}/api/x/item", gateway.url)).send();
+    for _ in 0..5 {
+        assert_eq!(get().await.unwrap().status(), 503);
+    }
+    assert_eq!(
+        gateway.upstreams().await["routes"][0]["pools"][0]["breaker"],
+        "open"
+    );
+
+    flaky.set_broken(false);
+
+    let started = Instant::now();
+    let mut status = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        status = get().await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "closed again long before its 60 s open period ends"
     );
 }

@@ -27,9 +27,7 @@ impl From<StoreError> for Problem {
                 "The order cannot make this transition",
             )
             .detail(error.to_string()),
-            StoreError::Database(
-                ref cause @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_)),
-            ) => {
+            StoreError::Database(ref cause) if dockyard_runtime::database::is_transient(cause) => {
                 tracing::error!(error = %error_chain(cause), "database unavailable");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE)
                     .detail(
@@ -37,10 +35,7 @@ impl From<StoreError> for Problem {
                     )
                     .retry_after(1)
             }
-            StoreError::Database(ref cause) => {
-                tracing::error!(error = %error_chain(cause), "database query failed");
-                Problem::internal()
-            }
+            StoreError::Database(ref cause) => dockyard_runtime::database::problem(cause),
         }
     }
 }

@@ -96,6 +96,7 @@ pub fn start_order(
         database: database(db.url()),
         broker: broker(exchange, amqp),
         catalog: config::from_vars([("CATALOG_URL", catalog_url)]).unwrap(),
+        saga: config::from_vars::<_, &str, &str>([]).unwrap(),
     };
     let app = order::startup::Application::build(&settings).unwrap();
     run(app.port(), |stopped| {

@@ -211,3 +211,52 @@ async fn with_the_catalog_down_orders_are_accepted_unpriced_and_confirmed_when_i
     );
     assert_eq!(platform.stock(&seeded).await, 8);
 }
+
+#[tokio::test]
+async fn an_answer_that_cannot_be_applied_rejects_the_order_and_releases_its_stock() {
+    let (catalog_db, order_db) = databases().await;
+    let exchange = dockyard_messaging::testing::TestExchange::new();
+    // No catalog: this test plays it, with an answer the order's table refuses.
+    let order = start_order(&order_db, &exchange, &amqp_url(), "http://127.0.0.1:9");
+    let platform = Platform {
+        client: reqwest::Client::new(),
+        exchange,
+        catalog_db,
+        order_db,
+        catalog: None,
+        order,
+    };
+    let mut compensations = platform.exchange.probe("order.cancelled").await;
+    let id = platform
+        .place_ok(&order_body(
+            Uuid::now_v7(),
+            &[(&Uuid::now_v7().to_string(), 1)],
+        ))
+        .await;
+    let order_id: Uuid = id.parse().unwrap();
+    let broken = dockyard_messaging::Envelope::new(
+        "stock.reserved",
+        order_id,
+        &json!({"order_id": order_id, "lines": [], "total_minor": -5, "currency": "EUR"}),
+    );
+
+    platform.exchange.publish(&broken).await;
+
+    let order = platform.settled(&id).await;
+    assert_eq!(order["status"], "rejected");
+    assert!(
+        order["reason"]
+            .as_str()
+            .unwrap()
+            .contains("could not be applied"),
+        "{order}"
+    );
+    let compensation = compensations.next(Duration::from_secs(10)).await;
+    assert_eq!(compensation.correlation_id, order_id);
+    assert!(compensation.payload["reason"].is_string());
+    let dead = platform
+        .exchange
+        .wait_for_dead_letters("order", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead, 1, "the answer waits in the dead letters");
+}

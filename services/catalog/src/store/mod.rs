@@ -1,4 +1,7 @@
 //! Product persistence in PostgreSQL. Plain sqlx queries; optimistic concurrency by `version`.
+//! [`saga`] holds the stock side of the order saga.
+
+pub mod saga;
 
 use anyhow::Context;
 use dockyard_runtime::database::{self, Database, DatabaseConfig};
