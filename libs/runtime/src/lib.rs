@@ -13,6 +13,9 @@
 //! - [`observe`]: per-request middleware: `X-Request-Id`, one log event and RED metrics per request.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`health`]: `/health/live` and `/health/ready`, and the draining flag shutdown flips.
+//! - [`id`]: [`id::Id`], a UUID in the one spelling the API documents.
+//! - [`number`]: [`number::Whole`], an integer as JSON Schema means it (`12.0` included).
+//! - [`openapi`]: shared OpenAPI schemas, `GET /openapi.json`, `405` with `Allow`.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors, including for extractor failures.
 //! - [`server`]: binds `HOST:PORT`, assembles the actix `App`, runs until a shutdown signal, drains.
 //! - [`shutdown`]: the SIGTERM / SIGINT future.
@@ -25,8 +28,11 @@ pub mod database;
 pub mod exit;
 pub mod health;
 pub mod healthcheck;
+pub mod id;
 pub mod metrics;
+pub mod number;
 pub mod observe;
+pub mod openapi;
 pub mod problem;
 pub mod secret;
 pub mod server;

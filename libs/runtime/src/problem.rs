@@ -148,7 +148,7 @@ impl ResponseError for Problem {
 }
 
 /// One invalid field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// The JSON member at fault, e.g. `price.currency`.
     pub field: String,

@@ -6,6 +6,7 @@
 //! - `GET /upstreams`: every route, its pools, breaker states and endpoints.
 //! - `PUT /upstreams/{route}/canary` `{"weight": 25}`: the canary's share, in percent.
 //! - `PUT /upstreams/{route}/active` `{"pool": "green"}`: switches blue-green at once.
+//! - `GET /openapi.json`: this API's OpenAPI document (no token needed).
 
 use std::{net::TcpListener, time::Instant};
 
@@ -18,11 +19,15 @@ use actix_web::{
     web,
 };
 use dockyard_resilience::State;
-use dockyard_runtime::problem::{self, FieldError, Problem};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use dockyard_runtime::{
+    number::Whole,
+    openapi::{self, ProblemSchema, method_not_allowed},
+    problem::{self, FieldError, Problem},
+};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     routes::{PoolKind, Route},
@@ -41,6 +46,9 @@ async fn authorize(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if request.path() == "/openapi.json" {
+        return Ok(next.call(request).await?.map_into_left_body());
+    }
     let expected = request
         .app_data::<web::Data<TokenDigest>>()
         .expect("the admin app holds the token digest")
@@ -83,9 +91,22 @@ pub fn bind(
             .app_data(gateway.clone())
             .app_data(problem::json_config(4096))
             .app_data(problem::path_config())
-            .route("/upstreams", web::get().to(list))
-            .route("/upstreams/{route}/canary", web::put().to(set_canary))
-            .route("/upstreams/{route}/active", web::put().to(switch))
+            .service(
+                web::resource("/upstreams")
+                    .route(web::get().to(list))
+                    .default_service(web::to(method_not_allowed("GET"))),
+            )
+            .service(
+                web::resource("/upstreams/{route}/canary")
+                    .route(web::put().to(set_canary))
+                    .default_service(web::to(method_not_allowed("PUT"))),
+            )
+            .service(
+                web::resource("/upstreams/{route}/active")
+                    .route(web::put().to(switch))
+                    .default_service(web::to(method_not_allowed("PUT"))),
+            )
+            .configure(|config| openapi::serve(config, &ApiDoc::openapi()))
             .default_service(web::to(|request: HttpRequest| async move {
                 Problem::not_found(format!("no admin resource at {}", request.path()))
                     .error_response()
@@ -99,45 +120,136 @@ pub fn bind(
     Ok(Some((server, port)))
 }
 
-fn view(route: &Route) -> Value {
-    let service = &route.service;
-    let now = Instant::now();
-    let pools: Vec<Value> = service
-        .pools()
-        .map(|pool| {
-            let breaker = match pool.breaker.state(now) {
-                State::Closed => "closed",
-                State::HalfOpen => "half-open",
-                State::Open => "open",
-            };
-            let endpoints: Vec<Value> = pool
-                .endpoints()
-                .iter()
-                .map(
-                    |e| json!({"url": e.base(), "state": e.state(now), "in_flight": e.in_flight()}),
-                )
-                .collect();
-            json!({
-                "pool": pool.kind().as_str(),
-                "active": std::sync::Arc::ptr_eq(pool, service.active()),
-                "targets": pool.targets().iter().map(url::Url::as_str).collect::<Vec<_>>(),
-                "breaker": breaker,
-                "endpoints": endpoints,
-            })
-        })
-        .collect();
-    json!({
-        "route": service.name(),
-        "prefix": route.prefix,
-        "active": service.active().kind().as_str(),
-        "canary_weight": service.canary().map(|_| service.canary_weight()),
-        "pools": pools,
-    })
+/// Every route of the gateway.
+#[derive(Debug, Serialize, ToSchema)]
+struct Upstreams {
+    routes: Vec<RouteView>,
 }
 
+/// A route: its prefix, its pools and the traffic split between them.
+#[derive(Debug, Serialize, ToSchema)]
+struct RouteView {
+    /// The route's name: the last segment of its prefix.
+    route: String,
+    prefix: String,
+    /// The stable pool taking traffic.
+    active: PoolName,
+    /// The canary's share in percent; `null` without a canary pool.
+    #[schema(minimum = 0, maximum = 100)]
+    canary_weight: Option<u8>,
+    pools: Vec<PoolView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum PoolName {
+    Blue,
+    Green,
+    Canary,
+}
+
+impl From<PoolKind> for PoolName {
+    fn from(kind: PoolKind) -> Self {
+        match kind {
+            PoolKind::Blue => Self::Blue,
+            PoolKind::Green => Self::Green,
+            PoolKind::Canary => Self::Canary,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct PoolView {
+    pool: PoolName,
+    active: bool,
+    /// The configured URLs; a hostname stands for every address it resolves to.
+    targets: Vec<String>,
+    breaker: BreakerState,
+    endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+enum BreakerState {
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct EndpointView {
+    url: String,
+    state: EndpointState,
+    in_flight: usize,
+}
+
+/// `pending` (not checked yet), `healthy`, `unhealthy` (failed its check) or `ejected`
+/// (passive health).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum EndpointState {
+    Pending,
+    Healthy,
+    Unhealthy,
+    Ejected,
+}
+
+fn view(route: &Route) -> RouteView {
+    let service = &route.service;
+    let now = Instant::now();
+    let pools = service
+        .pools()
+        .map(|pool| PoolView {
+            pool: pool.kind().into(),
+            active: std::sync::Arc::ptr_eq(pool, service.active()),
+            targets: pool
+                .targets()
+                .iter()
+                .map(|u| u.as_str().to_owned())
+                .collect(),
+            breaker: match pool.breaker.state(now) {
+                State::Closed => BreakerState::Closed,
+                State::HalfOpen => BreakerState::HalfOpen,
+                State::Open => BreakerState::Open,
+            },
+            endpoints: pool
+                .endpoints()
+                .iter()
+                .map(|e| EndpointView {
+                    url: e.base().to_owned(),
+                    state: match e.state(now) {
+                        "ejected" => EndpointState::Ejected,
+                        "healthy" => EndpointState::Healthy,
+                        "unhealthy" => EndpointState::Unhealthy,
+                        _ => EndpointState::Pending,
+                    },
+                    in_flight: e.in_flight(),
+                })
+                .collect(),
+        })
+        .collect();
+    RouteView {
+        route: service.name().to_owned(),
+        prefix: route.prefix.clone(),
+        active: service.active().kind().into(),
+        canary_weight: service.canary().map(|_| service.canary_weight()),
+        pools,
+    }
+}
+
+/// Every route, its pools (blue / green / canary), breaker states and instances.
+#[utoipa::path(
+    get, path = "/upstreams", tag = "upstreams",
+    responses(
+        (status = 200, description = "Every route", body = Upstreams),
+        (status = 401, description = "No or a wrong bearer token", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn list(gateway: web::Data<Gateway>) -> HttpResponse {
-    let routes: Vec<Value> = gateway.routes.iter().map(view).collect();
-    HttpResponse::Ok().json(json!({ "routes": routes }))
+    let routes: Vec<RouteView> = gateway.routes.iter().map(view).collect();
+    HttpResponse::Ok().json(Upstreams { routes })
 }
 
 fn route<'a>(gateway: &'a Gateway, name: &str) -> Result<&'a Route, Problem> {
@@ -159,11 +271,32 @@ fn refused(error: &ChangeError) -> Problem {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 struct CanaryWeight {
-    weight: u8,
+    /// The canary's share of clients, in percent.
+    #[schema(value_type = u8, minimum = 0, maximum = 100)]
+    weight: Whole<u8>,
 }
 
+/// Sends `weight` percent of clients to the route's canary pool.
+#[utoipa::path(
+    put, path = "/upstreams/{route}/canary", tag = "upstreams",
+    params(("route" = String, Path, example = "catalog", description = "The route's name")),
+    request_body(content = CanaryWeight, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The route, with its new weight", body = RouteView),
+        (status = 400, description = "Malformed JSON", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong bearer token", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "No such route", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "The route has no canary pool", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 4 KiB", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 422, description = "A weight over 100", body = ProblemSchema, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn set_canary(
     gateway: web::Data<Gateway>,
     name: web::Path<String>,
@@ -171,39 +304,105 @@ async fn set_canary(
 ) -> Result<HttpResponse, Problem> {
     let route = route(&gateway, &name)?;
     let before = route.service.canary_weight();
+    let weight = body.weight.get();
     route
         .service
-        .set_canary_weight(body.weight)
+        .set_canary_weight(weight)
         .map_err(|e| refused(&e))?;
-    tracing::info!(route = %name, from = before, to = body.weight, "canary weight set");
+    tracing::info!(route = %name, from = before, to = weight, "canary weight set");
     gateway.update_gauges();
     Ok(HttpResponse::Ok().json(view(route)))
 }
 
-#[derive(Deserialize)]
-struct ActivePool {
-    pool: String,
+/// A stable pool.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum StablePool {
+    Blue,
+    Green,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ActivePool {
+    pool: StablePool,
+}
+
+/// Switches the route's traffic to its blue or its green pool, at once.
+#[utoipa::path(
+    put, path = "/upstreams/{route}/active", tag = "upstreams",
+    params(("route" = String, Path, example = "catalog", description = "The route's name")),
+    request_body(content = ActivePool, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The route, with its new active pool", body = RouteView),
+        (status = 400, description = "Malformed JSON", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No or a wrong bearer token", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "No such route", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "The route has no green pool", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 4 KiB", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 422, description = "A pool other than blue or green", body = ProblemSchema, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn switch(
     gateway: web::Data<Gateway>,
     name: web::Path<String>,
     body: web::Json<ActivePool>,
 ) -> Result<HttpResponse, Problem> {
     let route = route(&gateway, &name)?;
-    let to = match body.pool.as_str() {
-        "blue" => PoolKind::Blue,
-        "green" => PoolKind::Green,
-        _ => {
-            return Err(Problem::validation(&[FieldError::new(
-                "pool",
-                "must be `blue` or `green`",
-            )]));
-        }
+    let to = match body.pool {
+        StablePool::Blue => PoolKind::Blue,
+        StablePool::Green => PoolKind::Green,
     };
     let before = route.service.active().kind().as_str();
     route.service.switch(to).map_err(|e| refused(&e))?;
     tracing::info!(route = %name, from = before, to = to.as_str(), "active pool switched");
     gateway.update_gauges();
     Ok(HttpResponse::Ok().json(view(route)))
+}
+
+/// The gateway admin API.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Dockyard gateway admin",
+        description = "Routes, pools and releases of the gateway, on its admin listener (loopback by default). Every call needs `Authorization: Bearer <ADMIN_TOKEN>`. Every error is `application/problem+json` (RFC 9457).",
+        version = "1.0.0",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    paths(list, set_canary, switch),
+    components(schemas(dockyard_runtime::problem::FieldError)),
+    modifiers(&BearerToken),
+    tags((name = "upstreams", description = "Routes, pools, canary and blue-green")),
+)]
+pub struct ApiDoc;
+
+/// The `admin_token` security scheme: HTTP bearer.
+#[derive(Debug)]
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "admin_token",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn the_committed_openapi_document_is_the_generated_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/gateway-admin.openapi.json");
+        dockyard_runtime::openapi::assert_committed(&super::ApiDoc::openapi(), &path);
+    }
 }

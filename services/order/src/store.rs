@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// An order as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Order {
     pub id: Uuid,
     pub customer_id: Uuid,
@@ -36,9 +36,12 @@ pub struct Order {
     pub updated_at: OffsetDateTime,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The order's total, in minor units of `currency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Total {
+    #[schema(minimum = 0)]
     pub amount_minor: i64,
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
 }
 

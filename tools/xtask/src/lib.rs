@@ -5,6 +5,7 @@
 //!
 //! - `up`: the whole platform as local OS processes ([`stack`]).
 //! - `load`: realistic users through the gateway ([`load`]).
+//! - `conformance`: schemathesis against every API of a live platform ([`conformance`]).
 //!
 //! # Layout
 //! - [`stack`]: starts and stops the platform: databases, one-off `migrate`/`seed`, then
@@ -13,8 +14,12 @@
 //! - [`database`]: creating the per-service databases.
 //! - [`logs`]: merging the instances' output with a coloured prefix each.
 //! - [`load`]: the load generator and its report.
+//! - [`sandbox`]: databases and an exchange of a run's own, removed afterwards.
+//! - [`conformance`]: the schemathesis runs.
 
+pub mod conformance;
 pub mod database;
 pub mod load;
 pub mod logs;
+pub mod sandbox;
 pub mod stack;

@@ -37,6 +37,13 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Run schemathesis (every check) against a platform of its own: catalog and order,
+    /// directly and through the gateway, and the gateway admin API.
+    Conformance {
+        /// Use release binaries (build them first).
+        #[arg(long)]
+        release: bool,
+    },
     /// Drive realistic users through the gateway and report req/s and latencies per endpoint.
     Load {
         /// The gateway's base URL.
@@ -91,6 +98,16 @@ async fn main() -> ExitCode {
                 show_logs: true,
             };
             up(options, release).await
+        }
+        Task::Conformance { release } => {
+            match xtask::conformance::run(stack::bin_dir(release)).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("conformance: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Task::Load {
             gateway,

@@ -21,6 +21,24 @@ impl Currency {
     pub fn code(self) -> &'static str {
         self.0.code()
     }
+
+    /// Every code [`Currency::parse`] accepts, sorted (for the API's schema).
+    pub fn codes() -> Vec<&'static str> {
+        let letters = b'A'..=b'Z';
+        let mut codes = Vec::new();
+        for a in letters.clone() {
+            for b in letters.clone() {
+                for c in letters.clone() {
+                    let code = [a, b, c];
+                    let code = std::str::from_utf8(&code).expect("ASCII letters");
+                    if let Ok(currency) = Self::parse(code) {
+                        codes.push(currency.code());
+                    }
+                }
+            }
+        }
+        codes
+    }
 }
 
 impl fmt::Display for Currency {
@@ -90,6 +108,14 @@ mod tests {
         let errors = Money::parse("price", -1, "EURO").unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["price.amount_minor", "price.currency"]);
+    }
+
+    #[test]
+    fn the_listed_codes_are_exactly_the_accepted_ones() {
+        let codes = Currency::codes();
+        assert!(codes.contains(&"EUR") && codes.contains(&"JPY"));
+        assert!(!codes.contains(&"XAU"));
+        assert!(codes.iter().all(|code| Currency::parse(code).is_ok()));
     }
 
     #[test]

@@ -23,21 +23,23 @@ impl Sku {
     }
 }
 
-/// A product name: trimmed, 1–200 characters, no control characters.
+/// A product name: at most 200 characters, not blank, no control characters; stored trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProductName(String);
 
 impl ProductName {
+    pub const MAX_CHARS: usize = 200;
+
     pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.chars().count() > Self::MAX_CHARS {
+            return Err(format!("must be at most {} characters", Self::MAX_CHARS));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err("must not contain control characters".to_owned());
+        }
         let name = raw.trim();
         if name.is_empty() {
             return Err("must not be empty".to_owned());
-        }
-        if name.chars().count() > 200 {
-            return Err("must be at most 200 characters".to_owned());
-        }
-        if name.chars().any(char::is_control) {
-            return Err("must not contain control characters".to_owned());
         }
         Ok(Self(name.to_owned()))
     }
@@ -93,7 +95,7 @@ impl Stock {
     }
 }
 
-const DESCRIPTION_MAX_CHARS: usize = 2000;
+pub const DESCRIPTION_MAX_CHARS: usize = 2000;
 
 /// A description: at most [`DESCRIPTION_MAX_CHARS`] characters, trimmed; line breaks and tabs
 /// are text, other control characters (NUL among them, which PostgreSQL cannot store) are not.

@@ -8,10 +8,14 @@ use dockyard_runtime::problem::Problem;
 
 use crate::store::{ProductStore, StoreError};
 
-/// Mounts every catalog route.
+pub use products::ApiDoc;
+
+/// Mounts every catalog route, and `GET /openapi.json`.
 pub fn configure(config: &mut web::ServiceConfig, store: ProductStore) {
+    use utoipa::OpenApi;
     config.app_data(web::Data::new(store));
     products::configure(config);
+    dockyard_runtime::openapi::serve(config, &ApiDoc::openapi());
 }
 
 impl From<StoreError> for Problem {
@@ -30,5 +34,17 @@ impl From<StoreError> for Problem {
             .extension("current_etag", conditional::etag(current).to_string()),
             StoreError::Database(ref cause) => dockyard_runtime::database::problem(cause),
         }
+    }
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn the_committed_openapi_document_is_the_generated_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/catalog.openapi.json");
+        dockyard_runtime::openapi::assert_committed(&super::ApiDoc::openapi(), &path);
     }
 }

@@ -15,16 +15,19 @@ use crate::{
 };
 
 /// A stored product, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Product {
     pub id: Uuid,
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
     pub name: String,
     pub description: String,
     #[sqlx(flatten)]
     pub price: Price,
+    #[schema(minimum = 0)]
     pub stock: i32,
-    /// Incremented by every change; the product's ETag is derived from it.
+    /// Incremented by every change; the product's ETag is `"v<version>"`.
+    #[schema(minimum = 1)]
     pub version: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -32,11 +35,15 @@ pub struct Product {
     pub updated_at: OffsetDateTime,
 }
 
-/// A stored price, in minor units of `currency`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+/// A stored price, in minor units of `currency`: `{"amount_minor": 1299, "currency": "EUR"}`
+/// is €12.99.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Price {
     #[sqlx(rename = "price_minor")]
+    #[schema(minimum = 0)]
     pub amount_minor: i64,
+    /// ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
 }
 
@@ -134,35 +141,27 @@ impl ProductStore {
             .ok_or(StoreError::NotFound(id))
     }
 
-    /// Up to `limit` products after `after` (exclusive), in id (= creation) order.
-    pub async fn page(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<Product>, StoreError> {
+    /// Up to `limit` products after `after` (exclusive), in id (= creation) order; only those
+    /// among `ids` when given.
+    pub async fn page(
+        &self,
+        ids: Option<Vec<Uuid>>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Product>, StoreError> {
         Ok(self
             .database
             .run(move |pool| async move {
                 sqlx::query_as::<_, Product>(
                     "SELECT * FROM products
-                     WHERE $1::uuid IS NULL OR id > $1
+                     WHERE ($1::uuid[] IS NULL OR id = ANY($1))
+                       AND ($2::uuid IS NULL OR id > $2)
                      ORDER BY id
-                     LIMIT $2",
-                )
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&pool)
-                .await
-            })
-            .await?)
-    }
-
-    /// The products among `ids` that exist, in id order.
-    pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Product>, StoreError> {
-        let ids = ids.to_vec();
-        Ok(self
-            .database
-            .run(move |pool| async move {
-                sqlx::query_as::<_, Product>(
-                    "SELECT * FROM products WHERE id = ANY($1) ORDER BY id",
+                     LIMIT $3",
                 )
                 .bind(ids)
+                .bind(after)
+                .bind(limit)
                 .fetch_all(&pool)
                 .await
             })

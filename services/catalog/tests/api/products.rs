@@ -91,6 +91,26 @@ async fn listing_pages_through_every_product_once_with_a_cursor() {
 #[tokio::test]
 async fn ids_looks_up_a_batch_and_skips_unknown_ids() {
     let app = spawn_app().await;
+    let mut many = Vec::new();
+    for n in 0..25 {
+        many.push(
+            app.create_product(&format!("MANY-{n}")).await.0["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let all: Value = app
+        .get(&format!("/products?ids={}", many.join(",")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        all["items"].as_array().unwrap().len(),
+        25,
+        "every id, not a page of 20"
+    );
     let (a, _) = app.create_product("A").await;
     app.create_product("B").await;
     let (c, _) = app.create_product("C").await;
@@ -115,6 +135,19 @@ async fn ids_looks_up_a_batch_and_skips_unknown_ids() {
         .collect();
     assert_eq!(skus, [json!("A"), json!("C")]);
     assert_eq!(page["next_cursor"], Value::Null);
+
+    let first: Value = app
+        .get(&format!(
+            "/products?ids={},{}&limit=1.0",
+            c["id"].as_str().unwrap(),
+            a["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["items"][0]["sku"], "A", "pages in id order");
+    assert_eq!(first["next_cursor"], a["id"], "and pages on");
 }
 
 #[tokio::test]
@@ -127,7 +160,10 @@ async fn malformed_list_queries_are_400_problems() {
         "/products?cursor=nope",
         "/products?ids=1,2",
         "/products?ids=",
-        "/products?ids=018f0000-0000-7000-8000-000000000000&limit=5",
+        "/products?ids=018f0000-0000-7000-8000-000000000000,",
+        "/products?ids=018f0000000070008000000000000000",
+        "/products?cursor=018f0000000070008000000000000000",
+        "/products?limit=2.5",
         "/products?colour=red",
     ] {
         let problem = assert_problem(app.get(path).await, 400).await;

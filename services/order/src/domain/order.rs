@@ -9,7 +9,7 @@ const MAX_QUANTITY: i64 = 10_000;
 /// Where an order is in its life.
 ///
 /// `pending → confirmed | rejected` (by the stock saga); `pending | confirmed → cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -44,10 +44,12 @@ impl Status {
 }
 
 /// One line: a product, a quantity and, once known, the catalog's unit price.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Line {
     pub product_id: Uuid,
+    #[schema(minimum = 1, maximum = 10_000)]
     pub quantity: i32,
+    #[schema(minimum = 0)]
     pub unit_price_minor: Option<i64>,
 }
 

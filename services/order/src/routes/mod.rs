@@ -10,11 +10,16 @@ use crate::{
     store::{OrderStore, StoreError},
 };
 
+pub use orders::ApiDoc;
+
+/// Mounts every order route, and `GET /openapi.json`.
 pub fn configure(config: &mut web::ServiceConfig, store: OrderStore, catalog: CatalogClient) {
+    use utoipa::OpenApi;
     config
         .app_data(web::Data::new(store))
         .app_data(web::Data::new(catalog));
     orders::configure(config);
+    dockyard_runtime::openapi::serve(config, &ApiDoc::openapi());
 }
 
 impl From<StoreError> for Problem {
@@ -37,5 +42,17 @@ impl From<StoreError> for Problem {
             }
             StoreError::Database(ref cause) => dockyard_runtime::database::problem(cause),
         }
+    }
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn the_committed_openapi_document_is_the_generated_one() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/order.openapi.json");
+        dockyard_runtime::openapi::assert_committed(&super::ApiDoc::openapi(), &path);
     }
 }

@@ -1,13 +1,20 @@
-//! `/orders`, `/orders/{id}`, `/orders/{id}/cancel`.
+//! `/orders`, `/orders/{id}`, `/orders/{id}/cancel`, and their OpenAPI description (what the
+//! schemas call valid is exactly what parses here).
 
 use actix_web::{
     HttpRequest, HttpResponse,
     http::{StatusCode, header},
     web,
 };
-use dockyard_runtime::problem::{FieldError, Problem};
+use dockyard_runtime::{
+    id::Id,
+    number::{Whole, WholeParam},
+    openapi::{ProblemSchema, method_not_allowed},
+    problem::{FieldError, Problem},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
@@ -25,23 +32,38 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/orders")
                 .route(web::post().to(place))
-                .route(web::get().to(list)),
+                .route(web::get().to(list))
+                .default_service(web::to(method_not_allowed("GET, POST"))),
         )
-        .route("/orders/{id}", web::get().to(show))
-        .route("/orders/{id}/cancel", web::post().to(cancel));
+        .service(
+            web::resource("/orders/{id}")
+                .route(web::get().to(show))
+                .default_service(web::to(method_not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/orders/{id}/cancel")
+                .route(web::post().to(cancel))
+                .default_service(web::to(method_not_allowed("POST"))),
+        );
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewLine)]
 struct LineBody {
-    product_id: Uuid,
-    quantity: i64,
+    product_id: Id,
+    /// 1 to 10 000 units.
+    #[schema(value_type = i64, minimum = 1, maximum = 10_000)]
+    quantity: Whole<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewOrder)]
 struct PlaceBody {
-    customer_id: Uuid,
+    customer_id: Id,
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     lines: Vec<LineBody>,
 }
 
@@ -67,7 +89,26 @@ fn accepted(order: &Value, status: u16) -> HttpResponse {
         .json(order)
 }
 
-/// Places an order: 202 + `Location`, the order `pending` until the stock saga decides.
+/// Places an order: `202` + `Location`, the order `pending` until the stock saga decides. The
+/// same `Idempotency-Key` with the same body answers the first response again.
+#[utoipa::path(
+    post, path = "/orders", tag = "orders",
+    params(
+        ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", example = "9b0e2c1e-4f7d-4f1a-9d6e-2f1c3b5a7d90",
+            description = "1–255 printable ASCII characters, new for each order (a UUID you generate)"),
+    ),
+    request_body(content = PlaceBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: pending until the stock saga decides", body = Order,
+            headers(("Location" = String, description = "`/orders/{id}`"))),
+        (status = 400, description = "Malformed JSON, or no usable `Idempotency-Key`", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, a product that does not exist, or the key used before with another body", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable; retry with the same key", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("Retry-After" = u32))),
+    )
+)]
 #[tracing::instrument(skip_all)]
 async fn place(
     store: web::Data<OrderStore>,
@@ -85,9 +126,9 @@ async fn place(
     let lines: Vec<(Uuid, i64)> = parsed
         .lines
         .iter()
-        .map(|l| (l.product_id, l.quantity))
+        .map(|l| (l.product_id.uuid(), l.quantity.get()))
         .collect();
-    let mut order = NewOrder::parse(parsed.customer_id, &lines)
+    let mut order = NewOrder::parse(parsed.customer_id.uuid(), &lines)
         .map_err(|errors| Problem::validation(&errors))?;
     let total = price(&catalog, &mut order).await?;
     let placed = store.place(&key, &raw, &order, total).await?;
@@ -158,36 +199,69 @@ fn replay(placed: Placed) -> Result<HttpResponse, Problem> {
     }
 }
 
-async fn show(store: web::Data<OrderStore>, id: web::Path<Uuid>) -> Result<HttpResponse, Problem> {
-    Ok(HttpResponse::Ok().json(store.get(id.into_inner()).await?))
+/// One order.
+#[utoipa::path(
+    get, path = "/orders/{id}", tag = "orders",
+    params(("id" = Id, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 400, description = "A malformed id", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("Retry-After" = u32))),
+    )
+)]
+async fn show(store: web::Data<OrderStore>, id: web::Path<Id>) -> Result<HttpResponse, Problem> {
+    Ok(HttpResponse::Ok().json(store.get(id.into_inner().uuid()).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
-    customer_id: Uuid,
-    limit: Option<u32>,
-    cursor: Option<Uuid>,
+    customer_id: Id,
+    /// Page size, 1–100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    limit: Option<WholeParam<u32>>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<Id>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OrderPage)]
 struct Page {
     items: Vec<Order>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
     next_cursor: Option<Uuid>,
 }
 
+/// A customer's orders, oldest first, a page at a time.
+#[utoipa::path(
+    get, path = "/orders", tag = "orders",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = Page),
+        (status = 400, description = "A malformed query", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("Retry-After" = u32))),
+    )
+)]
 async fn list(
     store: web::Data<OrderStore>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = query.limit.map_or(DEFAULT_LIMIT, WholeParam::get);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Problem::bad_request(format!(
             "`limit` must be between 1 and {MAX_LIMIT}"
         )));
     }
     let mut items = store
-        .of_customer(query.customer_id, query.cursor, i64::from(limit) + 1)
+        .of_customer(
+            query.customer_id.uuid(),
+            query.cursor.map(Id::uuid),
+            i64::from(limit) + 1,
+        )
         .await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
@@ -198,9 +272,34 @@ async fn list(
     Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
-async fn cancel(
-    store: web::Data<OrderStore>,
-    id: web::Path<Uuid>,
-) -> Result<HttpResponse, Problem> {
-    Ok(HttpResponse::Ok().json(store.cancel(id.into_inner()).await?))
+/// Cancels a pending or confirmed order; the catalog releases its stock.
+#[utoipa::path(
+    post, path = "/orders/{id}/cancel", tag = "orders",
+    params(("id" = Id, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The cancelled order", body = Order),
+        (status = 400, description = "A malformed id", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "The order is rejected or cancelled already", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("Retry-After" = u32))),
+    )
+)]
+async fn cancel(store: web::Data<OrderStore>, id: web::Path<Id>) -> Result<HttpResponse, Problem> {
+    Ok(HttpResponse::Ok().json(store.cancel(id.into_inner().uuid()).await?))
 }
+
+/// The order service's API.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Dockyard orders",
+        description = "Orders placed with an `Idempotency-Key`, confirmed or rejected by the stock saga. Every error is `application/problem+json` (RFC 9457).",
+        version = "1.0.0",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    paths(place, list, show, cancel),
+    components(schemas(FieldError, Id)),
+    tags((name = "orders", description = "Orders and their saga")),
+)]
+pub struct ApiDoc;
