@@ -156,8 +156,12 @@ const DATABASE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Transient failures of one event after which the database is asked whether it is up: if it
 /// is, the event itself is failing, and the failure is counted against it.
 const TRANSIENT_BEFORE_PING: u32 = 5;
-/// How often the dead-letter queue's depth is read.
+/// How often the dead-letter queue's depth is read, and how long that may take.
 const DEAD_LETTER_POLL: Duration = Duration::from_secs(5);
+const DEAD_LETTER_COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the broker may take to confirm a re-queued or dead-lettered copy; past it the
+/// channel is given up (the original, unacked, comes back).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why consuming on a session stopped.
 enum Stop {
@@ -311,7 +315,7 @@ impl Consumer<'_> {
                     return Err(Stop::Shutdown);
                 }
                 _ = poll.tick() => {
-                    self.count_dead_letters().await;
+                    let _ = tokio::time::timeout(DEAD_LETTER_COUNT_TIMEOUT, self.count_dead_letters()).await;
                     continue;
                 }
                 delivery = deliveries.next() => delivery,
@@ -562,19 +566,24 @@ impl Consumer<'_> {
             .clone()
             .with_headers(headers)
             .with_delivery_mode(2);
-        let confirmation = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                self.queue.into(),
-                BasicPublishOptions::default(),
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
-        if !matches!(confirmation, Confirmation::Ack(_)) {
-            return Err(Stop::Broken(closed()));
+        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            self.publisher
+                .basic_publish(
+                    exchange.into(),
+                    self.queue.into(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await;
+        if !matches!(confirmed, Ok(Ok(Confirmation::Ack(_)))) {
+            return Err(Stop::Broken(match confirmed {
+                Ok(Err(error)) => error,
+                _ => closed(),
+            }));
         }
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())

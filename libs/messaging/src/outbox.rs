@@ -19,6 +19,9 @@ const NOTIFY_CHANNEL: &str = "dockyard_outbox";
 const BATCH: i64 = 100;
 /// How often relays look for events when no notification arrives (or `LISTEN` is down).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the broker may take to confirm a batch; past it the batch is published again later
+/// (consumers ignore the copies they already handled).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Adds `envelope` to the outbox inside the caller's transaction. It is published only if that
 /// transaction commits; the notification, too, is delivered only on commit.
@@ -34,6 +37,24 @@ pub async fn enqueue(transaction: &mut PgConnection, envelope: &Envelope) -> sql
         .execute(&mut *transaction)
         .await?;
     Ok(())
+}
+
+/// Publishes the event `id` (enqueued earlier in this outbox) once more, with the same id, so
+/// a consumer that handled it already ignores it (its inbox has the id) and only one that never
+/// got it acts. `false` when the outbox no longer has it.
+pub async fn publish_again(transaction: &mut PgConnection, id: Uuid) -> sqlx::Result<bool> {
+    let rearmed = sqlx::query("UPDATE outbox SET published_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+    if rearmed == 1 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut *transaction)
+            .await?;
+    }
+    Ok(rearmed == 1)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,8 +192,11 @@ impl OutboxRelay {
                     .await?,
             );
         }
+        let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, join_all(confirms))
+            .await
+            .map_err(|_| RelayError::NotConfirmed(rows.len()))?;
         let mut unconfirmed = 0;
-        for confirmation in join_all(confirms).await {
+        for confirmation in confirmations {
             if !matches!(confirmation?, Confirmation::Ack(_)) {
                 unconfirmed += 1;
             }

@@ -1,11 +1,16 @@
 //! The background side of an event-driven service: its consumer and its outbox relay, started
 //! together and stopped in the order that loses nothing.
 
+use std::time::Duration;
+
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, OutboxRelay, Subscription};
+
+/// How long each worker may take to stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A running consumer and outbox relay on one broker connection.
 #[derive(Debug)]
@@ -31,11 +36,28 @@ impl EventWorkers {
     }
 
     /// The consumer finishes and acks its current message, the relay publishes what is
-    /// pending, then the broker connection closes.
+    /// pending, then the broker connection closes. Each gets [`STOP_GRACE`]; one that takes
+    /// longer (a broker that stopped answering) is aborted: its unacked message returns to the
+    /// queue and its unpublished events stay in the outbox, so nothing is lost, and the process
+    /// still exits.
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.consumer.await;
-        let _ = self.relay.await;
-        self.broker.close().await;
+        for (name, task) in [("consumer", self.consumer), ("outbox relay", self.relay)] {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+                tracing::warn!(
+                    worker = name,
+                    grace_ms = STOP_GRACE.as_millis(),
+                    "did not stop in time; aborted"
+                );
+                abort.abort();
+            }
+        }
+        if tokio::time::timeout(STOP_GRACE, self.broker.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker connection did not close in time");
+        }
     }
 }

@@ -161,9 +161,11 @@ impl OrderStore {
                         .unwrap_or(Placed::KeyReused));
                 }
                 let id = Uuid::now_v7();
+                let placed = OrderPlaced { order_id: id, lines: order.lines.clone() };
+                let event = Envelope::new("order.placed", id, &placed);
                 let row: OrderRow = sqlx::query_as(
-                    "INSERT INTO orders (id, customer_id, status, lines, total_minor, currency, due_at)
-                     VALUES ($1, $2, 'pending', $3, $4, $5, now() + make_interval(secs => $6))
+                    "INSERT INTO orders (id, customer_id, status, lines, total_minor, currency, due_at, placed_event)
+                     VALUES ($1, $2, 'pending', $3, $4, $5, now() + make_interval(secs => $6), $7)
                      RETURNING *",
                 )
                 .bind(id)
@@ -172,10 +174,10 @@ impl OrderStore {
                 .bind(total.as_ref().map(|t| t.amount_minor))
                 .bind(total.as_ref().map(|t| t.currency.as_str()))
                 .bind(timeout)
+                .bind(event.id)
                 .fetch_one(&mut *transaction)
                 .await?;
-                let placed = OrderPlaced { order_id: id, lines: order.lines.clone() };
-                outbox::enqueue(&mut transaction, &Envelope::new("order.placed", id, &placed)).await?;
+                outbox::enqueue(&mut transaction, &event).await?;
                 let created = Order::from(row);
                 sqlx::query("UPDATE idempotency_keys SET status = 202, response = $2 WHERE key = $1")
                     .bind(&key)
@@ -325,6 +327,9 @@ pub async fn reject_and_compensate(
     Ok(true)
 }
 
+/// A due order: id, lines, placements so far, the id of its `order.placed`.
+type DueRow = (Uuid, Json<Vec<Line>>, i16, Option<Uuid>);
+
 /// What the deadline did to one due order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
@@ -335,8 +340,8 @@ pub enum Deadline {
 }
 
 /// Handles up to `limit` pending orders whose deadline has passed, in one transaction: each
-/// gets its placement published again while it has had at most `republish` re-publications,
-/// else it is rejected (`timeout`) and compensated. Rows are claimed with `SKIP LOCKED`, so
+/// gets its placement event published again (the same event, same id) while it has had at most
+/// `republish` re-publications, else it is rejected (`timeout`) and compensated. Rows are claimed with `SKIP LOCKED`, so
 /// every instance may run this at once.
 pub async fn sweep_due(
     pool: &sqlx::PgPool,
@@ -345,8 +350,8 @@ pub async fn sweep_due(
     timeout: Duration,
 ) -> sqlx::Result<Vec<(Uuid, Deadline)>> {
     let mut transaction = pool.begin().await?;
-    let due: Vec<(Uuid, Json<Vec<Line>>, i16)> = sqlx::query_as(
-        "SELECT id, lines, placements FROM orders
+    let due: Vec<DueRow> = sqlx::query_as(
+        "SELECT id, lines, placements, placed_event FROM orders
          WHERE status = 'pending' AND due_at <= now()
          ORDER BY due_at LIMIT $1
          FOR UPDATE SKIP LOCKED",
@@ -355,7 +360,7 @@ pub async fn sweep_due(
     .fetch_all(&mut *transaction)
     .await?;
     let mut done = Vec::with_capacity(due.len());
-    for (order_id, Json(lines), placements) in due {
+    for (order_id, Json(lines), placements, placed_event) in due {
         let republications = u32::try_from(placements).unwrap_or(1).saturating_sub(1);
         if republications < republish {
             sqlx::query(
@@ -367,12 +372,20 @@ pub async fn sweep_due(
             .bind(timeout.as_secs_f64())
             .execute(&mut *transaction)
             .await?;
-            let placed = OrderPlaced { order_id, lines };
-            outbox::enqueue(
-                &mut transaction,
-                &Envelope::new("order.placed", order_id, &placed),
-            )
-            .await?;
+            // The same event again: a catalog that handled it ignores it (no second answer to
+            // load the saga while it is merely slow); one that never got it answers now.
+            let again = match placed_event {
+                Some(event) => outbox::publish_again(&mut transaction, event).await?,
+                None => false,
+            };
+            if !again {
+                let placed = OrderPlaced { order_id, lines };
+                outbox::enqueue(
+                    &mut transaction,
+                    &Envelope::new("order.placed", order_id, &placed),
+                )
+                .await?;
+            }
             done.push((order_id, Deadline::Republished));
         } else {
             reject_and_compensate(&mut transaction, order_id, "timeout").await?;

@@ -6,6 +6,7 @@
 //! - `up`: the whole platform as local OS processes ([`stack`]).
 //! - `load`: realistic users through the gateway ([`load`]).
 //! - `conformance`: schemathesis against every API of a live platform ([`conformance`]).
+//! - `chaos`: faults under load, then the saga's invariants ([`chaos`]).
 //!
 //! # Layout
 //! - [`stack`]: starts and stops the platform: databases, one-off `migrate`/`seed`, then
@@ -16,7 +17,9 @@
 //! - [`load`]: the load generator and its report.
 //! - [`sandbox`]: databases and an exchange of a run's own, removed afterwards.
 //! - [`conformance`]: the schemathesis runs.
+//! - [`chaos`]: the fault suite.
 
+pub mod chaos;
 pub mod conformance;
 pub mod database;
 pub mod load;

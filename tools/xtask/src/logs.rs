@@ -28,6 +28,22 @@ pub fn relay(prefix: String, stream: impl AsyncRead + Unpin + Send + 'static) {
     });
 }
 
+/// Copies `stream` line by line into `file` behind `prefix`, until it ends.
+pub fn relay_to(
+    prefix: String,
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    file: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(mut file) = file.lock() {
+                let _ = writeln!(file, "{prefix} {line}");
+            }
+        }
+    });
+}
+
 /// A line from the stack itself.
 pub fn say(message: &str) {
     let _ = writeln!(

@@ -44,6 +44,15 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Inject every fault (broker stop, PostgreSQL restart, SIGKILL/SIGTERM of each service,
+    /// poison events, a crash-looping consumer, a bad-input flood) into a platform of its own
+    /// under load, then check the saga's invariants. Restarts the machine's PostgreSQL and
+    /// RabbitMQ (and always brings them back): do not run it while tests use them.
+    Chaos {
+        /// Use release binaries (build them first).
+        #[arg(long)]
+        release: bool,
+    },
     /// Drive realistic users through the gateway and report req/s and latencies per endpoint.
     Load {
         /// The gateway's base URL.
@@ -96,6 +105,9 @@ async fn main() -> ExitCode {
                 admin_token: env_or("ADMIN_TOKEN", "dockyard-local-admin-token"),
                 log_format: env_or("LOG_FORMAT", "pretty"),
                 show_logs: true,
+                service_env: Vec::new(),
+                gateway_env: Vec::new(),
+                log_file: None,
             };
             up(options, release).await
         }
@@ -109,6 +121,14 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Task::Chaos { release } => match xtask::chaos::run(stack::bin_dir(release)).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("chaos: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Task::Load {
             gateway,
             users,

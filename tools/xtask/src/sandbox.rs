@@ -54,7 +54,11 @@ impl Sandbox {
             bin_dir,
             admin_token: "sandbox-admin-token-0123456789".to_owned(),
             log_format: "json".to_owned(),
-            show_logs: false,
+            // `SANDBOX_LOGS=1` prints every instance's log lines, prefixed.
+            show_logs: std::env::var_os("SANDBOX_LOGS").is_some(),
+            service_env: Vec::new(),
+            gateway_env: Vec::new(),
+            log_file: None,
         }
     }
 

@@ -51,6 +51,12 @@ pub struct Options {
     pub log_format: String,
     /// Print the instances' output (off in tests).
     pub show_logs: bool,
+    /// More variables for catalog and order instances (e.g. `ORDER_PENDING_TIMEOUT`).
+    pub service_env: Vec<(&'static str, String)>,
+    /// More variables for the gateway (e.g. `RATE_LIMIT_PER_SEC`).
+    pub gateway_env: Vec<(&'static str, String)>,
+    /// Without `show_logs`, write the instances' output here (prefixed) instead of dropping it.
+    pub log_file: Option<PathBuf>,
 }
 
 /// One running process.
@@ -89,6 +95,7 @@ impl Instance {
 #[derive(Debug)]
 pub struct Stack {
     options: Options,
+    log_file: Option<std::sync::Arc<std::sync::Mutex<std::fs::File>>>,
     dns: LocalDns,
     catalog_port: u16,
     order_port: u16,
@@ -145,7 +152,15 @@ impl Stack {
             0 => free_port(Ipv4Addr::LOCALHOST)?,
             port => port,
         };
+        let log_file = match &options.log_file {
+            Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ))),
+            None => None,
+        };
         let mut stack = Self {
+            log_file,
             catalog_port: free_port(ip(10, 0))?,
             order_port: free_port(ip(20, 0))?,
             gateway_url: format!("http://127.0.0.1:{gateway_port}"),
@@ -237,13 +252,15 @@ impl Stack {
     }
 
     fn common_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("AMQP_URL", self.options.amqp_url.clone()),
             ("AMQP_EXCHANGE", self.options.amqp_exchange.clone()),
             ("LOG_FORMAT", self.options.log_format.clone()),
             ("HTTP_WORKERS", "1".to_owned()),
             ("DATABASE_MAX_CONNECTIONS", "5".to_owned()),
-        ]
+        ];
+        env.extend(self.options.service_env.iter().cloned());
+        env
     }
 
     fn catalog_env(&self) -> Vec<(&'static str, String)> {
@@ -300,6 +317,14 @@ impl Stack {
             if let Some(stderr) = stderr {
                 logs::relay(prefix, stderr);
             }
+        } else if let Some(file) = &self.log_file {
+            let plain = format!("{name:<11}|");
+            if let Some(stdout) = stdout {
+                logs::relay_to(plain.clone(), stdout, std::sync::Arc::clone(file));
+            }
+            if let Some(stderr) = stderr {
+                logs::relay_to(plain, stderr, std::sync::Arc::clone(file));
+            }
         } else {
             // Keep the pipes drained so an instance never blocks on a full one.
             if let Some(mut stdout) = stdout {
@@ -343,6 +368,7 @@ impl Stack {
             // so whatever balances traffic onto the gateway stops sending first.
             ("SHUTDOWN_DELAY_MS", "300".to_owned()),
         ];
+        env.extend(self.options.gateway_env.iter().cloned());
         if self.options.canary {
             env.push((
                 "CANARY_ROUTES",
@@ -417,14 +443,30 @@ impl Stack {
     /// it has drained and exited, start a new process on the same address; returns once the
     /// new one is ready, with the old process's exit status.
     pub async fn restart(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
+        self.replace(name, Signal::SIGTERM).await
+    }
+
+    /// Crashes instance `name` (SIGKILL: no drain) and starts a new process in its place, as
+    /// an orchestrator restarts a crashed container; returns once the new one is ready.
+    pub async fn crash_and_restart(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
+        self.replace(name, Signal::SIGKILL).await
+    }
+
+    async fn replace(&mut self, name: &str, signal: Signal) -> anyhow::Result<ExitStatus> {
         let index = self
             .instances
             .iter()
             .position(|i| i.name == name)
             .with_context(|| format!("no instance {name}"))?;
         let mut old = self.instances.remove(index);
-        old.signal(Signal::SIGTERM);
-        let status = old.child.wait().await?;
+        old.signal(signal);
+        let Ok(status) = tokio::time::timeout(Duration::from_secs(40), old.child.wait()).await
+        else {
+            old.signal(Signal::SIGKILL);
+            old.child.wait().await?;
+            anyhow::bail!("{name} did not exit within 40 s of {signal}");
+        };
+        let status = status?;
         let args: Vec<&str> = old.args.iter().map(String::as_str).collect();
         let new = self.spawn(&old.name, old.ip, old.port, &old.binary, &args, &old.env)?;
         wait_until_ready(&new.url()).await?;

@@ -10,34 +10,32 @@ use std::{
     time::Duration,
 };
 
-use dockyard_messaging::testing::{TestExchange, amqp_url};
 use serde_json::{Value, json};
-use xtask::{database, stack};
+use xtask::{database, sandbox::Sandbox, stack};
 
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// A [`Sandbox`] removed when dropped, even when the test panics.
+struct Guard(Sandbox);
 
-fn server_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| SERVER.to_owned())
-}
-
-/// Drops the test's databases when dropped, even when the test panics.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
+impl Drop for Guard {
     fn drop(&mut self) {
-        let names = std::mem::take(&mut self.0);
+        let sandbox = self.0.clone();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            for name in names {
-                let _ = runtime.block_on(database::drop(&server_url(), &name));
-            }
+                .unwrap()
+                .block_on(sandbox.cleanup());
         })
         .join()
         .unwrap();
     }
+}
+
+/// A platform of the test's own: `catalog_instances` catalogs, one order service, a gateway.
+async fn platform(catalog_instances: usize) -> (stack::Stack, Guard) {
+    let sandbox = Sandbox::new("e2e");
+    let options = sandbox.options(catalog_instances, stack::bin_dir(false));
+    (stack::Stack::start(options).await.unwrap(), Guard(sandbox))
 }
 
 #[derive(Debug, Default)]
@@ -190,31 +188,7 @@ async fn added_instance_takes_traffic(platform: &mut stack::Stack, product: &str
 
 #[tokio::test]
 async fn the_platform_serves_survives_a_crash_scales_out_and_drains_on_sigterm() {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (catalog_db, order_db) = (
-        format!("e2e_catalog_{suffix}"),
-        format!("e2e_orders_{suffix}"),
-    );
-    let _cleanup = Cleanup(vec![catalog_db.clone(), order_db.clone()]);
-    let exchange = TestExchange::new();
-    let options = stack::Options {
-        catalog_instances: 2,
-        order_instances: 1,
-        canary: false,
-        canary_weight: 0,
-        gateway_port: 0,
-        admin_port: 0,
-        database_url: server_url(),
-        catalog_database: catalog_db.clone(),
-        order_database: order_db.clone(),
-        amqp_url: amqp_url(),
-        amqp_exchange: exchange.name().to_owned(),
-        bin_dir: stack::bin_dir(false),
-        admin_token: "e2e-admin-token-0123456789".to_owned(),
-        log_format: "json".to_owned(),
-        show_logs: false,
-    };
-    let mut platform = stack::Stack::start(options).await.unwrap();
+    let (mut platform, _sandbox) = platform(2).await;
     let gateway = platform.gateway_url.clone();
     let product = order_is_confirmed(&gateway).await;
 
@@ -323,31 +297,7 @@ fn place_orders(
 
 #[tokio::test]
 async fn restarting_the_only_order_instance_fails_no_order_of_a_client_that_retries() {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (catalog_db, order_db) = (
-        format!("e2e_catalog_{suffix}"),
-        format!("e2e_orders_{suffix}"),
-    );
-    let _cleanup = Cleanup(vec![catalog_db.clone(), order_db.clone()]);
-    let exchange = TestExchange::new();
-    let options = stack::Options {
-        catalog_instances: 1,
-        order_instances: 1,
-        canary: false,
-        canary_weight: 0,
-        gateway_port: 0,
-        admin_port: 0,
-        database_url: server_url(),
-        catalog_database: catalog_db.clone(),
-        order_database: order_db.clone(),
-        amqp_url: amqp_url(),
-        amqp_exchange: exchange.name().to_owned(),
-        bin_dir: stack::bin_dir(false),
-        admin_token: "e2e-admin-token-0123456789".to_owned(),
-        log_format: "json".to_owned(),
-        show_logs: false,
-    };
-    let mut platform = stack::Stack::start(options).await.unwrap();
+    let (mut platform, sandbox) = platform(1).await;
     let gateway = platform.gateway_url.clone();
     let product = order_is_confirmed(&gateway).await;
 
@@ -370,7 +320,7 @@ async fn restarting_the_only_order_instance_fails_no_order_of_a_client_that_retr
         orders.failed.len(),
         &orders.failed[..orders.failed.len().min(5)]
     );
-    let url = database::url_of(&server_url(), &order_db).unwrap();
+    let url = database::url_of(&sandbox.0.server_url, &sandbox.0.order_database).unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&pool)

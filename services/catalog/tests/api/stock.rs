@@ -193,6 +193,40 @@ async fn fifty_orders_for_ten_in_stock_on_two_competing_instances_reserve_exactl
     assert_eq!(stock_of(&app, &mug).await, 0);
 }
 
+/// Sets a product's stock through the API (GET for the ETag, then PATCH).
+async fn set_stock(app: &TestApp, id: &str, stock: i64) {
+    let product: Value = app
+        .get(&format!("/products/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let etag = format!("\"v{}\"", product["version"]);
+    let patched = app.patch(id, Some(&etag), &json!({"stock": stock})).await;
+    assert_eq!(patched.status(), 200, "stock {stock}");
+}
+
+/// Readiness says the consumer is degraded (still 200) and `/metrics` counts the dead letter.
+async fn assert_dead_letters_reported(app: &TestApp) {
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status(), 200, "still serving");
+    let report: Value = ready.json().await.unwrap();
+    assert_eq!(
+        report["checks"]["consumer"]["status"], "degraded",
+        "{report}"
+    );
+    let reason = report["checks"]["consumer"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("dead letters growing: 1 waiting"),
+        "{report}"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("dockyard_consumer_dead_letters{consumer=\"catalog\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn a_release_past_the_stock_limit_is_dead_lettered_recorded_and_blocks_nothing() {
     let app = spawn_app().await;
@@ -204,17 +238,7 @@ async fn a_release_past_the_stock_limit_is_dead_lettered_recorded_and_blocks_not
         .publish(&order_placed(order_id, &[(&mug, 1)]))
         .await;
     assert_eq!(events.next(WAIT).await.kind, "stock.reserved");
-    let product: Value = app
-        .get(&format!("/products/{mug}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let etag = format!("\"v{}\"", product["version"]);
-    let refilled = app
-        .patch(&mug, Some(&etag), &json!({"stock": 1_000_000_000}))
-        .await;
-    assert_eq!(refilled.status(), 200, "the documented maximum");
+    set_stock(&app, &mug, 1_000_000_000).await;
 
     // Releasing the one reserved unit would take the stock past its maximum.
     app.exchange
@@ -248,6 +272,7 @@ async fn a_release_past_the_stock_limit_is_dead_lettered_recorded_and_blocks_not
         dead, 1,
         "the cancellation waits in the dead-letter queue for a replay"
     );
+    assert_dead_letters_reported(&app).await;
     let (cancelled, why): (bool, Option<String>) = sqlx::query_as(
         "SELECT cancelled_at IS NOT NULL, cancel_reason FROM order_sagas WHERE order_id = $1",
     )
@@ -274,15 +299,7 @@ async fn a_release_past_the_stock_limit_is_dead_lettered_recorded_and_blocks_not
     );
 
     // The operator brings the stock down and replays the dead letter: the release completes.
-    let product: Value = app
-        .get(&format!("/products/{mug}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let etag = format!("\"v{}\"", product["version"]);
-    let lowered = app.patch(&mug, Some(&etag), &json!({"stock": 500})).await;
-    assert_eq!(lowered.status(), 200);
+    set_stock(&app, &mug, 500).await;
     let broker = crate::helpers::settings(app.db.url(), &app.exchange).broker;
     let mut output = Vec::new();
     let replay = DlqCommand::Replay(Selection::All);
