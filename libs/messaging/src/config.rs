@@ -34,7 +34,7 @@ fn default_exchange() -> String {
 }
 
 fn default_prefetch() -> u16 {
-    16
+    64
 }
 
 fn default_failure_limit() -> u32 {

@@ -22,10 +22,13 @@
 //!   of consumers that merely held it cost nothing; the broker's own `x-delivery-limit` only
 //!   backs up the case of an event that kills its process.
 //!
-//! A consumer starts each connection with a prefetch of one and widens it after its first
-//! handled event, so a process that crashes at start-up returns one event, not a window.
+//! A consumer handles up to `AMQP_PREFETCH` events at once, in lanes by correlation id (the
+//! events of one order, one after the other, in order). It starts each connection with a
+//! prefetch of one and widens it after its first handled event, so a process that crashes at
+//! start-up returns one event, not a window.
 
 use std::{
+    collections::VecDeque,
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
@@ -33,7 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     message::Delivery,
@@ -46,6 +49,7 @@ use lapin::{
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{Broker, broker::Session, envelope::Envelope, inbox, status::ConsumerStatus, topology};
 
@@ -118,6 +122,23 @@ pub trait Handler: Send + Sync + 'static {
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
     ) -> HandlerFuture<'a, Result<(), HandlerError>>;
+
+    /// Several events of different business processes (different correlation ids), in one
+    /// transaction. The default handles them one after the other; a handler overrides it to
+    /// apply them with a few set-based statements. If it fails, each event is handled again on
+    /// its own, so a failure is pinned on the event that causes it.
+    fn handle_batch<'a>(
+        &'a self,
+        transaction: &'a mut PgConnection,
+        envelopes: &'a [Envelope],
+    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            for envelope in envelopes {
+                self.handle(transaction, envelope).await?;
+            }
+            Ok(())
+        })
+    }
 
     /// The event is given up on (`reason` says why): close its step of the business process
     /// in `transaction` (a transaction of its own, committed before the message is
@@ -280,6 +301,13 @@ impl Consumer<'_> {
 
     /// Subscribes with `prefetch`; returns [`Widen`] after the first handled event when the
     /// prefetch is below `full`, else consumes until shutdown or a broken channel.
+    ///
+    /// Events wait in lanes by correlation id: the events of one business process (one order)
+    /// are handled one after the other, in the order they came, so a cancellation is never
+    /// applied before its order's placement. The heads of idle lanes are handled together, as
+    /// a batch in one transaction ([`Handler::handle_batch`]), up to [`BATCHES_IN_FLIGHT`]
+    /// batches at once: under load a batch takes whatever has arrived, with one commit for all.
+    #[allow(clippy::too_many_lines)] // one select loop: deliveries in, batches out
     async fn consume_with(
         &self,
         channel: &Channel,
@@ -305,40 +333,193 @@ impl Consumer<'_> {
             "consuming"
         );
         let mut poll = tokio::time::interval(DEAD_LETTER_POLL);
+        let mut lanes = Lanes::new(usize::from(prefetch.max(1)));
+        let mut running: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
         // Set once the subscription is cancelled to widen the prefetch: the deliveries already
         // sent to it are still handled, then the stream ends.
         let mut widening = false;
+        let mut ended = false;
         loop {
-            let delivery = tokio::select! {
+            while running.len() < BATCHES_IN_FLIGHT {
+                let Some((taken, batch)) = lanes.take_batch() else {
+                    break;
+                };
+                running.push(Box::pin(
+                    async move { (taken, self.process_batch(batch).await) },
+                ));
+            }
+            if ended && running.is_empty() {
+                return Ok(Widen);
+            }
+            tokio::select! {
                 () = self.shutdown.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    // Events in hand are finished (or left unacked if they wait on an outage);
+                    // those still waiting in their lane go back with the channel.
+                    while running.next().await.is_some() {}
                     return Err(Stop::Shutdown);
+                }
+                Some((taken, handled)) = running.next(), if !running.is_empty() => {
+                    lanes.release(&taken);
+                    let handled = handled?;
+                    let progressed = handled.iter().any(|h| *h != Handled::Requeued);
+                    if progressed && prefetch < full && !widening {
+                        widening = true;
+                        channel
+                            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                            .await?;
+                    }
                 }
                 _ = poll.tick() => {
                     let _ = tokio::time::timeout(DEAD_LETTER_COUNT_TIMEOUT, self.count_dead_letters()).await;
-                    continue;
                 }
-                delivery = deliveries.next() => delivery,
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => return Err(Stop::Broken(error)),
-                None if widening => return Ok(Widen),
-                None => return Err(Stop::Broken(closed())),
-            };
-            // lapin may still hand out deliveries buffered before the channel broke; their
-            // acks would be lost and the broker has taken them back already.
-            if !channel.status().connected() {
-                return Err(Stop::Broken(closed()));
-            }
-            let handled = self.process(delivery).await?;
-            if handled != Handled::Requeued && prefetch < full && !widening {
-                widening = true;
-                channel
-                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                    .await?;
+                delivery = deliveries.next(), if !ended => {
+                    let delivery = match delivery {
+                        Some(Ok(delivery)) => delivery,
+                        Some(Err(error)) => return Err(Stop::Broken(error)),
+                        None if widening => {
+                            ended = true;
+                            continue;
+                        }
+                        None => return Err(Stop::Broken(closed())),
+                    };
+                    // lapin may still hand out deliveries buffered before the channel broke;
+                    // their acks would be lost and the broker has taken them back already.
+                    if !channel.status().connected() {
+                        return Err(Stop::Broken(closed()));
+                    }
+                    lanes.push(Incoming::parse(delivery));
+                }
             }
         }
+    }
+
+    /// Handles a batch (events of distinct lanes): together in one transaction when it can,
+    /// else each on its own.
+    async fn process_batch(&self, batch: Vec<Incoming>) -> Result<Vec<Handled>, Stop> {
+        let (together, alone): (Vec<Incoming>, Vec<Incoming>) =
+            batch.into_iter().partition(|incoming| {
+                incoming.envelope.as_ref().is_ok_and(|envelope| {
+                    self.subscription.handler.understands(envelope)
+                        && failures_of(&incoming.delivery) == 0
+                })
+            });
+        let mut handled = Vec::with_capacity(together.len() + alone.len());
+        for incoming in alone {
+            handled.push(self.process(incoming).await?);
+        }
+        if together.len() == 1 {
+            let incoming = together.into_iter().next().expect("one event");
+            handled.push(self.process(incoming).await?);
+            return Ok(handled);
+        }
+        if together.is_empty() {
+            return Ok(handled);
+        }
+        let envelopes: Vec<Envelope> = together
+            .iter()
+            .filter_map(|incoming| incoming.envelope.as_ref().ok().cloned())
+            .collect();
+        let status = &self.subscription.status;
+        let now = Instant::now();
+        for envelope in &envelopes {
+            status.started(envelope.id, now);
+        }
+        let outcome = self.attempt_batch(&envelopes).await;
+        for envelope in &envelopes {
+            status.ended(envelope.id);
+        }
+        match outcome {
+            BatchAttempt::Applied(claimed) => {
+                for incoming in &together {
+                    incoming.delivery.ack(BasicAckOptions::default()).await?;
+                    let id = incoming.envelope.as_ref().map(|e| e.id).ok();
+                    let result = if id.is_some_and(|id| claimed.contains(&id)) {
+                        Handled::Applied
+                    } else {
+                        Handled::Duplicate
+                    };
+                    handled.push(self.done(result));
+                }
+                tracing::info!(
+                    consumer = self.name(),
+                    events = together.len(),
+                    "batch handled"
+                );
+            }
+            BatchAttempt::Shutdown => return Err(Stop::Shutdown),
+            BatchAttempt::Failed(error) => {
+                // Find the culprit: each event on its own, with its own failure count.
+                tracing::info!(
+                    consumer = self.name(),
+                    events = together.len(),
+                    error,
+                    "batch failed; handling its events one by one"
+                );
+                for incoming in together {
+                    handled.push(self.process(incoming).await?);
+                }
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Applies a batch in one transaction, waiting out database outages.
+    async fn attempt_batch(&self, envelopes: &[Envelope]) -> BatchAttempt {
+        let mut pause = DATABASE_RETRY_MIN;
+        let mut transient = 0;
+        loop {
+            let result = AssertUnwindSafe(self.apply_batch(envelopes))
+                .catch_unwind()
+                .await;
+            let error = match result {
+                Ok(Ok(claimed)) => return BatchAttempt::Applied(claimed),
+                Ok(Err(HandlerError::Database(error)))
+                    if dockyard_runtime::database::is_transient(&error) =>
+                {
+                    error
+                }
+                Ok(Err(error)) => return BatchAttempt::Failed(error.to_string()),
+                Err(panic) => {
+                    return BatchAttempt::Failed(format!(
+                        "the handler panicked: {}",
+                        panic_text(&*panic)
+                    ));
+                }
+            };
+            if self.shutdown.is_cancelled() {
+                return BatchAttempt::Shutdown;
+            }
+            transient += 1;
+            if transient >= TRANSIENT_BEFORE_PING && self.database_answers().await {
+                return BatchAttempt::Failed(format!("{error} (the database is up)"));
+            }
+            tracing::warn!(consumer = self.name(), %error, retry_in_ms = pause.as_millis(), "database unavailable; retrying the batch");
+            tokio::select! {
+                () = self.shutdown.cancelled() => return BatchAttempt::Shutdown,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(DATABASE_RETRY_MAX);
+        }
+    }
+
+    async fn apply_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Uuid>, HandlerError> {
+        let mut transaction = self.pool.begin().await?;
+        let ids: Vec<Uuid> = envelopes.iter().map(|e| e.id).collect();
+        let claimed = inbox::claim_many(&mut transaction, self.name(), &ids).await?;
+        let fresh: Vec<Envelope> = envelopes
+            .iter()
+            .filter(|e| claimed.contains(&e.id))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
+            self.subscription
+                .handler
+                .handle_batch(&mut transaction, &fresh)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(claimed)
     }
 
     async fn count_dead_letters(&self) {
@@ -367,8 +548,9 @@ impl Consumer<'_> {
     }
 
     /// Handles one delivery to its end: acked, re-queued or dead-lettered.
-    async fn process(&self, delivery: Delivery) -> Result<Handled, Stop> {
-        let envelope = match serde_json::from_slice::<Envelope>(&delivery.data) {
+    async fn process(&self, incoming: Incoming) -> Result<Handled, Stop> {
+        let Incoming { delivery, envelope } = incoming;
+        let envelope = match envelope {
             Ok(envelope) => envelope,
             Err(error) => {
                 let reason = format!("malformed message: {error}");
@@ -388,7 +570,7 @@ impl Consumer<'_> {
         let status = &self.subscription.status;
         status.started(envelope.id, Instant::now());
         let outcome = self.attempt(&envelope).await;
-        status.ended();
+        status.ended(envelope.id);
         let handled = match outcome {
             Attempt::Applied(handled) => {
                 tracing::info!(consumer = self.name(), kind = envelope.kind, id = %envelope.id, correlation_id = %envelope.correlation_id, handled = handled.as_str(), "event handled");
@@ -588,6 +770,93 @@ impl Consumer<'_> {
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
+}
+
+/// A delivery and its envelope, parsed once.
+struct Incoming {
+    delivery: Delivery,
+    envelope: Result<Envelope, serde_json::Error>,
+}
+
+impl Incoming {
+    fn parse(delivery: Delivery) -> Self {
+        let envelope = serde_json::from_slice(&delivery.data);
+        Self { delivery, envelope }
+    }
+
+    /// The lane of its business process; a message that is not an envelope goes to lane 0.
+    fn lane(&self, lanes: usize) -> usize {
+        let Ok(envelope) = &self.envelope else {
+            return 0;
+        };
+        let bits = envelope.correlation_id.as_u128();
+        usize::try_from((bits ^ (bits >> 64)) % lanes as u128).unwrap_or(0)
+    }
+}
+
+/// A batch in hand: the lanes it took its events from, and how each event ended.
+type BatchFuture<'a> =
+    Pin<Box<dyn Future<Output = (Vec<usize>, Result<Vec<Handled>, Stop>)> + Send + 'a>>;
+
+/// Batches handled at once by one consumer.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Deliveries waiting, by lane (correlation id); a lane with an event in hand is busy.
+struct Lanes {
+    waiting: Vec<VecDeque<Incoming>>,
+    busy: Vec<bool>,
+    /// Where the next batch starts looking, so no lane waits behind the others.
+    next: usize,
+}
+
+impl Lanes {
+    fn new(lanes: usize) -> Self {
+        Self {
+            waiting: (0..lanes).map(|_| VecDeque::new()).collect(),
+            busy: vec![false; lanes],
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, incoming: Incoming) {
+        let lane = incoming.lane(self.waiting.len());
+        self.waiting[lane].push_back(incoming);
+    }
+
+    /// The head of every idle lane that has one; those lanes become busy.
+    fn take_batch(&mut self) -> Option<(Vec<usize>, Vec<Incoming>)> {
+        let lanes = self.waiting.len();
+        let mut taken = Vec::new();
+        let mut batch = Vec::new();
+        for offset in 0..lanes {
+            let lane = (self.next + offset) % lanes;
+            if self.busy[lane] {
+                continue;
+            }
+            if let Some(incoming) = self.waiting[lane].pop_front() {
+                self.busy[lane] = true;
+                taken.push(lane);
+                batch.push(incoming);
+            }
+        }
+        self.next = (self.next + 1) % lanes;
+        (!batch.is_empty()).then_some((taken, batch))
+    }
+
+    fn release(&mut self, lanes: &[usize]) {
+        for lane in lanes {
+            self.busy[*lane] = false;
+        }
+    }
+}
+
+/// How applying a batch ended.
+enum BatchAttempt {
+    /// Committed: the ids claimed now (the others were duplicates).
+    Applied(Vec<Uuid>),
+    /// Something in it failed: its events are handled one by one.
+    Failed(String),
+    Shutdown,
 }
 
 /// The error for a channel or connection that is gone.

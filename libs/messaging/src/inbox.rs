@@ -21,3 +21,20 @@ pub async fn claim(
     .rows_affected();
     Ok(inserted == 1)
 }
+
+/// [`claim`] for many messages at once; returns the ids claimed now (the others were handled
+/// before).
+pub async fn claim_many(
+    transaction: &mut PgConnection,
+    consumer: &str,
+    message_ids: &[Uuid],
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::uuid[])
+         ON CONFLICT DO NOTHING RETURNING message_id",
+    )
+    .bind(consumer)
+    .bind(message_ids)
+    .fetch_all(transaction)
+    .await
+}

@@ -1,12 +1,17 @@
 //! The transactional outbox and its relay.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::AtomicU64,
+    time::{Duration, Instant},
+};
 
+use dockyard_runtime::metrics::Metrics;
 use futures_util::future::join_all;
 use lapin::{
     BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
+use prometheus_client::metrics::gauge::Gauge;
 use sqlx::{PgConnection, PgPool, postgres::PgListener, types::Json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -26,16 +31,43 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Adds `envelope` to the outbox inside the caller's transaction. It is published only if that
 /// transaction commits; the notification, too, is delivered only on commit.
 pub async fn enqueue(transaction: &mut PgConnection, envelope: &Envelope) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO outbox (id, routing_key, envelope) VALUES ($1, $2, $3)")
-        .bind(envelope.id)
-        .bind(&envelope.kind)
-        .bind(Json(envelope))
-        .execute(&mut *transaction)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *transaction)
-        .await?;
+    // One round trip: the row, and the notification (sent when the transaction commits).
+    sqlx::query(
+        "INSERT INTO outbox (id, routing_key, envelope) VALUES ($1, $2, $3)
+         RETURNING pg_notify($4, '')",
+    )
+    .bind(envelope.id)
+    .bind(&envelope.kind)
+    .bind(Json(envelope))
+    .bind(NOTIFY_CHANNEL)
+    .execute(&mut *transaction)
+    .await?;
+    Ok(())
+}
+
+/// [`enqueue`] for many events, with one statement.
+pub async fn enqueue_many(
+    transaction: &mut PgConnection,
+    envelopes: &[Envelope],
+) -> sqlx::Result<()> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = envelopes.iter().map(|e| e.id).collect();
+    let keys: Vec<&str> = envelopes.iter().map(|e| e.kind.as_str()).collect();
+    let bodies: Vec<Json<&Envelope>> = envelopes.iter().map(Json).collect();
+    // PostgreSQL delivers one notification per transaction for identical ones.
+    sqlx::query(
+        "INSERT INTO outbox (id, routing_key, envelope)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[])
+         RETURNING pg_notify($4, '')",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&bodies)
+    .bind(NOTIFY_CHANNEL)
+    .execute(&mut *transaction)
+    .await?;
     Ok(())
 }
 
@@ -67,6 +99,45 @@ enum RelayError {
     NotConfirmed(usize),
 }
 
+/// How often the relay counts what waits in the outbox, for the metrics.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The outbox as `/metrics` shows it: `dockyard_outbox_backlog` (rows not yet published) and
+/// `dockyard_outbox_oldest_unsent_seconds`; counted by the relay about once a second.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxGauges {
+    backlog: Gauge,
+    oldest_unsent: Gauge<f64, AtomicU64>,
+}
+
+impl OutboxGauges {
+    /// Adds the outbox's metrics to the process's registry.
+    pub fn register(&self, metrics: &mut Metrics) {
+        metrics.register(
+            "outbox_backlog",
+            "Events committed to the outbox and not yet published",
+            self.backlog.clone(),
+        );
+        metrics.register(
+            "outbox_oldest_unsent_seconds",
+            "Age of the oldest event not yet published (0 when none waits)",
+            self.oldest_unsent.clone(),
+        );
+    }
+
+    async fn sample(&self, pool: &PgPool) -> sqlx::Result<()> {
+        let (backlog, oldest): (i64, f64) = sqlx::query_as(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?;
+        self.backlog.set(backlog);
+        self.oldest_unsent.set(oldest);
+        Ok(())
+    }
+}
+
 /// Publishes committed outbox rows. Run one per process; many processes may share a database.
 #[derive(Debug)]
 pub struct OutboxRelay {
@@ -74,6 +145,8 @@ pub struct OutboxRelay {
     broker: Broker,
     /// Kept between batches; replaced after any broker error.
     channel: Option<Channel>,
+    gauges: OutboxGauges,
+    sampled: Option<Instant>,
 }
 
 impl OutboxRelay {
@@ -82,6 +155,25 @@ impl OutboxRelay {
             pool,
             broker,
             channel: None,
+            gauges: OutboxGauges::default(),
+            sampled: None,
+        }
+    }
+
+    /// Keeps `gauges` up to date while relaying.
+    #[must_use]
+    pub fn with_gauges(mut self, gauges: OutboxGauges) -> Self {
+        self.gauges = gauges;
+        self
+    }
+
+    async fn sample(&mut self) {
+        if self.sampled.is_some_and(|at| at.elapsed() < SAMPLE_EVERY) {
+            return;
+        }
+        self.sampled = Some(Instant::now());
+        if let Err(error) = self.gauges.sample(&self.pool).await {
+            tracing::debug!(%error, "could not count the outbox");
         }
     }
 
@@ -93,6 +185,7 @@ impl OutboxRelay {
                 listener = self.listen().await;
             }
             self.drain(&shutdown).await;
+            self.sample().await;
             let woken = async {
                 match listener.as_mut() {
                     Some(listener) => listener.recv().await.map(drop),

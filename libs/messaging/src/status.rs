@@ -1,6 +1,6 @@
 //! What a consumer is doing, for readiness and metrics.
 //!
-//! - **Stuck**: one event has been in the handler for longer than [`STUCK_AFTER`]. Readiness
+//! - **Stuck**: an event has been in the handler for longer than [`STUCK_AFTER`]. Readiness
 //!   is down (`consumer: down`, naming the event) until it finishes.
 //! - **Dead letters growing**: a dead letter appeared (this consumer gave up on an event, or
 //!   the dead-letter queue, read every few seconds, grew) within [`GROWING_FOR`]. Readiness
@@ -11,6 +11,7 @@
 //! `dockyard_consumer_in_flight{consumer}`, `dockyard_consumer_dead_letters{consumer}`.
 
 use std::{
+    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
@@ -55,7 +56,8 @@ struct DeadLetters {
 #[derive(Debug)]
 pub struct ConsumerStatus {
     consumer: &'static str,
-    current: Mutex<Option<(Uuid, Instant)>>,
+    /// The events in the handler now, and since when.
+    current: Mutex<HashMap<Uuid, Instant>>,
     dead_letters: Mutex<DeadLetters>,
     events: Family<OutcomeLabels, Counter>,
     in_flight: Family<ConsumerLabels, Gauge>,
@@ -66,7 +68,7 @@ impl ConsumerStatus {
     pub fn new(consumer: &'static str) -> Self {
         Self {
             consumer,
-            current: Mutex::new(None),
+            current: Mutex::new(HashMap::new()),
             dead_letters: Mutex::new(DeadLetters::default()),
             events: Family::default(),
             in_flight: Family::default(),
@@ -100,17 +102,27 @@ impl ConsumerStatus {
     }
 
     pub(crate) fn started(&self, id: Uuid, now: Instant) {
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((id, now));
-        self.in_flight.get_or_create(&self.labels()).set(1);
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current.insert(id, now);
+        self.in_flight
+            .get_or_create(&self.labels())
+            .set(i64::try_from(current.len()).unwrap_or(i64::MAX));
     }
 
-    pub(crate) fn ended(&self) {
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        self.in_flight.get_or_create(&self.labels()).set(0);
+    pub(crate) fn ended(&self, id: Uuid) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current.remove(&id);
+        self.in_flight
+            .get_or_create(&self.labels())
+            .set(i64::try_from(current.len()).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn finish(&self) {
-        self.ended();
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.in_flight.get_or_create(&self.labels()).set(0);
     }
 
     pub(crate) fn handled(&self, handled: Handled, now: Instant) {
@@ -150,7 +162,14 @@ impl ConsumerStatus {
 
     /// The readiness verdict at `now`.
     pub fn verdict(&self, now: Instant) -> Verdict {
-        if let Some((id, since)) = *self.current.lock().unwrap_or_else(PoisonError::into_inner) {
+        let oldest = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .min_by_key(|(_, since)| **since)
+            .map(|(id, since)| (*id, *since));
+        if let Some((id, since)) = oldest {
             let busy = now.saturating_duration_since(since);
             if busy >= STUCK_AFTER {
                 return Verdict::Down(format!(
@@ -198,13 +217,21 @@ mod tests {
     #[test]
     fn an_event_held_past_the_limit_makes_the_consumer_stuck_until_it_ends() {
         let (status, start) = (ConsumerStatus::new("catalog"), Instant::now());
-        status.started(Uuid::nil(), start);
+        let (slow, quick) = (Uuid::now_v7(), Uuid::now_v7());
+        status.started(slow, start);
+        status.started(quick, start + STUCK_AFTER / 2);
         assert_eq!(status.verdict(start + STUCK_AFTER / 2), Verdict::Up);
+        let stuck = status.verdict(start + STUCK_AFTER);
         assert!(
-            matches!(status.verdict(start + STUCK_AFTER), Verdict::Down(reason) if reason.contains("stuck"))
+            matches!(&stuck, Verdict::Down(reason) if reason.contains(&slow.to_string())),
+            "{stuck:?}"
         );
-        status.ended();
-        assert_eq!(status.verdict(start + STUCK_AFTER), Verdict::Up);
+        status.ended(slow);
+        assert_eq!(
+            status.verdict(start + STUCK_AFTER),
+            Verdict::Up,
+            "the other is younger"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, OutboxRelay, Subscription};
+use crate::{Broker, OutboxRelay, Subscription, outbox::OutboxGauges};
 
 /// How long each worker may take to stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -22,10 +22,20 @@ pub struct EventWorkers {
 }
 
 impl EventWorkers {
-    /// Starts consuming for `subscription` and relaying the outbox of `pool`.
-    pub fn start(pool: PgPool, broker: Broker, subscription: Subscription) -> Self {
+    /// Starts consuming for `subscription` and relaying the outbox of `pool` (counted in
+    /// `outbox`).
+    pub fn start(
+        pool: PgPool,
+        broker: Broker,
+        subscription: Subscription,
+        outbox: OutboxGauges,
+    ) -> Self {
         let stop = CancellationToken::new();
-        let relay = tokio::spawn(OutboxRelay::new(pool.clone(), broker.clone()).run(stop.clone()));
+        let relay = tokio::spawn(
+            OutboxRelay::new(pool.clone(), broker.clone())
+                .with_gauges(outbox)
+                .run(stop.clone()),
+        );
         let consumer = tokio::spawn(subscription.run(pool, broker.clone(), stop.clone()));
         Self {
             stop,

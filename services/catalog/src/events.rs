@@ -94,6 +94,51 @@ impl Handler for OrderEvents {
         })
     }
 
+    fn handle_batch<'a>(
+        &'a self,
+        transaction: &'a mut PgConnection,
+        envelopes: &'a [Envelope],
+    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let (placements, others): (Vec<&Envelope>, Vec<&Envelope>) = envelopes
+                .iter()
+                .partition(|envelope| envelope.kind == "order.placed");
+            for envelope in others {
+                self.handle(transaction, envelope).await?;
+            }
+            if placements.is_empty() {
+                return Ok(());
+            }
+            let mut parsed = Vec::with_capacity(placements.len());
+            for envelope in &placements {
+                let placed: OrderPlaced = envelope
+                    .payload()
+                    .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+                parsed.push(saga::Placement {
+                    order_id: placed.order_id,
+                    lines: placed
+                        .lines
+                        .iter()
+                        .map(|line| Wanted {
+                            product_id: line.product_id,
+                            quantity: line.quantity,
+                        })
+                        .collect(),
+                });
+            }
+            let answers = saga::answer_many(transaction, &parsed, &Replies).await?;
+            let replies: Vec<Envelope> = placements
+                .iter()
+                .zip(answers)
+                .map(|(cause, (order_id, (kind, payload)))| {
+                    Envelope::new(&kind, order_id, &payload).caused_by(cause)
+                })
+                .collect();
+            outbox::enqueue_many(transaction, &replies).await?;
+            Ok(())
+        })
+    }
+
     fn compensate<'a>(
         &'a self,
         transaction: &'a mut PgConnection,
@@ -189,6 +234,36 @@ async fn placement(
         reply
     };
     send(transaction, envelope, order_id, &kind, &payload).await
+}
+
+/// How the catalog words its answers, for [`saga::answer_many`].
+struct Replies;
+
+impl saga::Answers for Replies {
+    fn reserved(&self, order_id: Uuid, reservation: &saga::Reservation) -> saga::Answer {
+        let reserved = StockReserved {
+            order_id,
+            lines: reservation
+                .lines
+                .iter()
+                .map(|line| PricedLine {
+                    product_id: line.product_id,
+                    quantity: line.quantity,
+                    unit_price_minor: line.unit_price_minor,
+                })
+                .collect(),
+            total_minor: reservation.total_minor,
+            currency: reservation.currency.clone(),
+        };
+        (RESERVED.to_owned(), to_value(&reserved))
+    }
+
+    fn rejected(&self, order_id: Uuid, reason: String) -> saga::Answer {
+        (
+            REJECTED.to_owned(),
+            to_value(&StockRejected { order_id, reason }),
+        )
+    }
 }
 
 /// Puts the reply to `cause` in the outbox.

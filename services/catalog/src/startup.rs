@@ -3,7 +3,9 @@
 
 use std::{future::Future, sync::Arc};
 
-use dockyard_messaging::{Broker, BrokerCheck, ConsumerCheck, EventWorkers, Subscription};
+use dockyard_messaging::{
+    Broker, BrokerCheck, ConsumerCheck, EventWorkers, Subscription, outbox::OutboxGauges,
+};
 use dockyard_runtime::{
     database::{Database, DatabaseCheck},
     health::Health,
@@ -19,6 +21,7 @@ pub struct Application {
     database: Database,
     broker: Broker,
     subscription: Subscription,
+    outbox: OutboxGauges,
 }
 
 impl std::fmt::Debug for Application {
@@ -42,6 +45,8 @@ impl Application {
             .with_check(ConsumerCheck(subscription.status()));
         let mut metrics = Metrics::new();
         subscription.status().register(&mut metrics);
+        let outbox = OutboxGauges::default();
+        outbox.register(&mut metrics);
         let store = ProductStore::new(database.clone());
         let server = server::bind(&settings.http, health, metrics, move |config| {
             routes::configure(config, store.clone());
@@ -51,6 +56,7 @@ impl Application {
             database,
             broker,
             subscription,
+            outbox,
         })
     }
 
@@ -62,8 +68,12 @@ impl Application {
     /// consumer finishes and acks its current message, the relay publishes what is pending,
     /// the broker connection closes, the pool closes.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let workers =
-            EventWorkers::start(self.database.pool().clone(), self.broker, self.subscription);
+        let workers = EventWorkers::start(
+            self.database.pool().clone(),
+            self.broker,
+            self.subscription,
+            self.outbox,
+        );
         let served = self.server.run_until_stopped(shutdown).await;
         workers.stop().await;
         self.database.close().await;

@@ -8,3 +8,5 @@ ALTER TABLE orders
     ADD COLUMN due_at       timestamptz NOT NULL DEFAULT now(),
     ADD COLUMN placed_event uuid;
 CREATE INDEX orders_pending_due ON orders (due_at) WHERE status = 'pending';
+-- Admission control counts the orders pending for longer than a moment.
+CREATE INDEX orders_pending_since ON orders (created_at) WHERE status = 'pending';

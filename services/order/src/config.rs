@@ -10,10 +10,12 @@ use dockyard_runtime::{
     server::HttpConfig,
 };
 use serde::Deserialize;
+
+use crate::admission::AdmissionConfig;
 use url::Url;
 
 /// How the order service reaches the catalog: `CATALOG_URL`, `CATALOG_TIMEOUT_MS`,
-/// `CATALOG_CONNECT_TIMEOUT_MS`.
+/// `CATALOG_CONNECT_TIMEOUT_MS`, `CATALOG_PRICE_TTL_MS`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CatalogConfig {
     /// Base URL of the catalog, e.g. `http://catalog:8080`.
@@ -24,6 +26,14 @@ pub struct CatalogConfig {
     pub catalog_timeout_ms: u64,
     #[serde(default = "default_connect_timeout_ms")]
     pub catalog_connect_timeout_ms: u64,
+    /// How long a price read from the catalog is used for new orders (the saga confirms at
+    /// the catalog's price of that moment; `0` asks the catalog for every order).
+    #[serde(default = "default_price_ttl_ms")]
+    pub catalog_price_ttl_ms: u64,
+}
+
+fn default_price_ttl_ms() -> u64 {
+    5_000
 }
 
 fn default_timeout_ms() -> u64 {
@@ -137,6 +147,7 @@ pub struct Settings {
     pub broker: BrokerConfig,
     pub catalog: CatalogConfig,
     pub saga: SagaConfig,
+    pub admission: AdmissionConfig,
 }
 
 impl Settings {
@@ -147,6 +158,7 @@ impl Settings {
             broker: from_env()?,
             catalog: from_env()?,
             saga: from_env()?,
+            admission: from_env()?,
         };
         settings.database.connect_options()?;
         settings.broker.validate()?;

@@ -113,6 +113,42 @@ impl Handler for StockEvents {
         })
     }
 
+    fn handle_batch<'a>(
+        &'a self,
+        transaction: &'a mut PgConnection,
+        envelopes: &'a [Envelope],
+    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let invalid = |e: serde_json::Error| HandlerError::Permanent(e.to_string());
+            let (mut confirmations, mut rejections) = (Vec::new(), Vec::new());
+            for envelope in envelopes {
+                if envelope.kind == "stock.reserved" {
+                    let reserved: StockReserved = envelope.payload().map_err(invalid)?;
+                    let lines = reserved
+                        .lines
+                        .iter()
+                        .map(|l| Line {
+                            product_id: l.product_id,
+                            quantity: l.quantity,
+                            unit_price_minor: Some(l.unit_price_minor),
+                        })
+                        .collect();
+                    let total = Total {
+                        amount_minor: reserved.total_minor,
+                        currency: reserved.currency,
+                    };
+                    confirmations.push((reserved.order_id, lines, total));
+                } else {
+                    let rejected: StockRejected = envelope.payload().map_err(invalid)?;
+                    rejections.push((rejected.order_id, rejected.reason));
+                }
+            }
+            store::confirm_many(transaction, &confirmations).await?;
+            store::reject_many(transaction, &rejections).await?;
+            Ok(())
+        })
+    }
+
     fn compensate<'a>(
         &'a self,
         transaction: &'a mut PgConnection,

@@ -14,6 +14,7 @@
 //! - [`store`]: the SQL: orders, idempotency keys, the outbox.
 //! - [`events`]: what the order service publishes and how it reacts to stock events.
 
+pub mod admission;
 pub mod catalog;
 pub mod config;
 pub mod domain;

@@ -3,7 +3,9 @@
 
 use std::{future::Future, sync::Arc};
 
-use dockyard_messaging::{Broker, BrokerCheck, ConsumerCheck, EventWorkers, Subscription};
+use dockyard_messaging::{
+    Broker, BrokerCheck, ConsumerCheck, EventWorkers, Subscription, outbox::OutboxGauges,
+};
 use dockyard_runtime::{
     database::{Database, DatabaseCheck},
     health::Health,
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     SERVICE,
+    admission::Admission,
     catalog::CatalogClient,
     config::Settings,
     events::{Deadline, StockEvents},
@@ -28,7 +31,9 @@ pub struct Application {
     database: Database,
     broker: Broker,
     subscription: Subscription,
+    outbox: OutboxGauges,
     deadline: Deadline,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for Application {
@@ -52,17 +57,24 @@ impl Application {
             .with_check(ConsumerCheck(subscription.status()));
         let mut metrics = Metrics::new();
         subscription.status().register(&mut metrics);
+        let outbox = OutboxGauges::default();
+        outbox.register(&mut metrics);
         let deadline = Deadline::new(database.pool().clone(), settings.saga.clone(), &mut metrics);
+        catalog.register(&mut metrics);
+        let admission = Admission::new(settings.admission.clone(), &mut metrics);
         let store = OrderStore::new(database.clone(), settings.saga.order_pending_timeout);
+        let admitting = admission.clone();
         let server = server::bind(&settings.http, health, metrics, move |config| {
-            routes::configure(config, store.clone(), catalog.clone());
+            routes::configure(config, store.clone(), catalog.clone(), admitting.clone());
         })?;
         Ok(Self {
             server,
             database,
             broker,
             subscription,
+            outbox,
             deadline,
+            admission,
         })
     }
 
@@ -73,13 +85,22 @@ impl Application {
     /// Serves until `shutdown`; then drains HTTP, stops the deadline, stops the consumer
     /// after its current message, flushes the relay, closes the broker and the pool.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let workers =
-            EventWorkers::start(self.database.pool().clone(), self.broker, self.subscription);
+        let workers = EventWorkers::start(
+            self.database.pool().clone(),
+            self.broker,
+            self.subscription,
+            self.outbox,
+        );
         let stop_deadline = CancellationToken::new();
         let deadline = tokio::spawn(self.deadline.run(stop_deadline.clone()));
+        let admission = tokio::spawn(
+            self.admission
+                .run(self.database.pool().clone(), stop_deadline.clone()),
+        );
         let served = self.server.run_until_stopped(shutdown).await;
         stop_deadline.cancel();
         let _ = deadline.await;
+        let _ = admission.await;
         workers.stop().await;
         self.database.close().await;
         tracing::info!("broker and database closed; bye");

@@ -7,6 +7,7 @@
 //! - `load`: realistic users through the gateway ([`load`]).
 //! - `conformance`: schemathesis against every API of a live platform ([`conformance`]).
 //! - `chaos`: faults under load, then the saga's invariants ([`chaos`]).
+//! - `saga-bench`: the saga at saturation, at 80 % and at 2× ([`saga_bench`], `bench/saga.sh`).
 //!
 //! # Layout
 //! - [`stack`]: starts and stops the platform: databases, one-off `migrate`/`seed`, then
@@ -18,11 +19,13 @@
 //! - [`sandbox`]: databases and an exchange of a run's own, removed afterwards.
 //! - [`conformance`]: the schemathesis runs.
 //! - [`chaos`]: the fault suite.
+//! - [`saga_bench`]: the saga's benchmark.
 
 pub mod chaos;
 pub mod conformance;
 pub mod database;
 pub mod load;
 pub mod logs;
+pub mod saga_bench;
 pub mod sandbox;
 pub mod stack;

@@ -53,6 +53,22 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// The order saga at saturation, at 80 % and at 2× its capacity, on a platform of its own;
+    /// prints orders/s, placement→confirmed latency and the invariants (`bench/saga.sh`).
+    SagaBench {
+        /// Seconds per pass.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Clients of the saturation pass.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Skip the saturation pass: use this many orders/s as capacity.
+        #[arg(long)]
+        capacity: Option<f64>,
+        /// Use release binaries (build them first).
+        #[arg(long)]
+        release: bool,
+    },
     /// Drive realistic users through the gateway and report req/s and latencies per endpoint.
     Load {
         /// The gateway's base URL.
@@ -129,6 +145,27 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Task::SagaBench {
+            seconds,
+            concurrency,
+            capacity,
+            release,
+        } => {
+            let options = xtask::saga_bench::Options {
+                seconds: seconds.max(1),
+                concurrency: concurrency.max(1),
+                bin_dir: stack::bin_dir(release),
+                capacity,
+            };
+            match xtask::saga_bench::run(options).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("saga-bench: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Task::Load {
             gateway,
             users,

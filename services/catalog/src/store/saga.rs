@@ -49,14 +49,12 @@ pub struct OrderSaga {
 /// Locks the order's row (creating it if need be) and reads it. Every handler of the order's
 /// events calls this first, so they apply one at a time.
 pub async fn lock(transaction: &mut PgConnection, order_id: Uuid) -> sqlx::Result<OrderSaga> {
-    sqlx::query("INSERT INTO order_sagas (order_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(order_id)
-        .execute(&mut *transaction)
-        .await?;
+    // One statement: the row is created, or updated in place (which locks it), and read.
     let (reply_type, reply, cancelled): (Option<String>, Option<Json<Value>>, bool) =
         sqlx::query_as(
-            "SELECT reply_type, reply, cancelled_at IS NOT NULL FROM order_sagas
-             WHERE order_id = $1 FOR UPDATE",
+            "INSERT INTO order_sagas (order_id) VALUES ($1)
+             ON CONFLICT (order_id) DO UPDATE SET order_id = EXCLUDED.order_id
+             RETURNING reply_type, reply, cancelled_at IS NOT NULL",
         )
         .bind(order_id)
         .fetch_one(&mut *transaction)
@@ -102,6 +100,155 @@ pub async fn record_cancellation(
     .map(drop)
 }
 
+/// A product as a reservation sees it: its price and what is left of its stock, locked.
+#[derive(Debug, Clone)]
+struct Shelf {
+    price_minor: i64,
+    currency: String,
+    stock: i32,
+}
+
+/// Locks the products of `ids`, in id order (so concurrent reservations never deadlock), and
+/// reads their prices and stock.
+async fn lock_shelves(
+    transaction: &mut PgConnection,
+    ids: &[Uuid],
+) -> sqlx::Result<BTreeMap<Uuid, Shelf>> {
+    let rows: Vec<(Uuid, i64, String, i32)> = sqlx::query_as(
+        "SELECT id, price_minor, currency, stock FROM products
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(transaction)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, price_minor, currency, stock)| {
+            (
+                id,
+                Shelf {
+                    price_minor,
+                    currency,
+                    stock,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The units of each product an order wants; `Err` for an order that cannot be reserved.
+fn wanted(lines: &[Wanted]) -> Result<BTreeMap<Uuid, i32>, String> {
+    let mut wanted: BTreeMap<Uuid, i32> = BTreeMap::new();
+    for line in lines {
+        if line.quantity <= 0 {
+            return Err(format!(
+                "quantity for product {} must be positive",
+                line.product_id
+            ));
+        }
+        let total = wanted.entry(line.product_id).or_default();
+        *total = total
+            .checked_add(line.quantity)
+            .ok_or_else(|| format!("too many units of product {}", line.product_id))?;
+    }
+    if wanted.is_empty() {
+        return Err("the order has no lines".to_owned());
+    }
+    Ok(wanted)
+}
+
+/// Takes an order's units from `shelves` (all or none): the reservation, or why not. Pure: the
+/// caller writes what was taken.
+fn take(
+    wanted: &BTreeMap<Uuid, i32>,
+    shelves: &mut BTreeMap<Uuid, Shelf>,
+) -> Result<Reservation, String> {
+    let mut lines = Vec::with_capacity(wanted.len());
+    let mut currency: Option<&str> = None;
+    let mut total_minor: i64 = 0;
+    for (&product_id, &quantity) in wanted {
+        let Some(shelf) = shelves.get(&product_id) else {
+            return Err(format!("product {product_id} does not exist"));
+        };
+        if Stock::from_stored(shelf.stock)
+            .and_then(|s| s.take(quantity))
+            .is_none()
+        {
+            return Err(format!(
+                "insufficient stock for product {product_id}: {quantity} requested, {} available",
+                shelf.stock
+            ));
+        }
+        if *currency.get_or_insert(&shelf.currency) != shelf.currency {
+            return Err("the order mixes currencies".to_owned());
+        }
+        total_minor = shelf
+            .price_minor
+            .checked_mul(i64::from(quantity))
+            .and_then(|line| total_minor.checked_add(line))
+            .ok_or("the order's total is too large")?;
+        lines.push(Taken {
+            product_id,
+            quantity,
+            unit_price_minor: shelf.price_minor,
+        });
+    }
+    let currency = currency.unwrap_or_default().to_owned();
+    for line in &lines {
+        if let Some(shelf) = shelves.get_mut(&line.product_id) {
+            shelf.stock -= line.quantity;
+        }
+    }
+    Ok(Reservation {
+        lines,
+        total_minor,
+        currency,
+    })
+}
+
+/// Writes what [`take`] took: every product's new stock, and every reservation, in one
+/// statement.
+async fn write_reservations(
+    transaction: &mut PgConnection,
+    shelves: &BTreeMap<Uuid, Shelf>,
+    reservations: &[(Uuid, &Reservation)],
+) -> sqlx::Result<()> {
+    let touched: Vec<Uuid> = reservations
+        .iter()
+        .flat_map(|(_, reservation)| reservation.lines.iter().map(|line| line.product_id))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let stocks: Vec<i32> = touched.iter().map(|id| shelves[id].stock).collect();
+    let (mut orders, mut products, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
+    for (order_id, reservation) in reservations {
+        for line in &reservation.lines {
+            orders.push(*order_id);
+            products.push(line.product_id);
+            quantities.push(line.quantity);
+        }
+    }
+    sqlx::query(
+        "WITH taken AS (
+             UPDATE products p SET stock = w.stock, version = p.version + 1, updated_at = now()
+             FROM unnest($1::uuid[], $2::int[]) AS w(id, stock)
+             WHERE p.id = w.id)
+         INSERT INTO reservations (order_id, product_id, quantity)
+         SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::int[])",
+    )
+    .bind(&touched)
+    .bind(&stocks)
+    .bind(&orders)
+    .bind(&products)
+    .bind(&quantities)
+    .execute(transaction)
+    .await
+    .map(drop)
+}
+
 /// Reserves every line or none. `Ok(Err(reason))` is a business refusal (not enough stock, an
 /// unknown product, mixed currencies); `Err` a database failure.
 pub async fn reserve(
@@ -109,82 +256,137 @@ pub async fn reserve(
     order_id: Uuid,
     lines: &[Wanted],
 ) -> Result<Result<Reservation, String>, sqlx::Error> {
-    let mut wanted: BTreeMap<Uuid, i32> = BTreeMap::new();
-    for line in lines {
-        if line.quantity <= 0 {
-            return Ok(Err(format!(
-                "quantity for product {} must be positive",
-                line.product_id
-            )));
-        }
-        let total = wanted.entry(line.product_id).or_default();
-        let Some(sum) = total.checked_add(line.quantity) else {
-            return Ok(Err(format!(
-                "too many units of product {}",
-                line.product_id
-            )));
-        };
-        *total = sum;
-    }
-    if wanted.is_empty() {
-        return Ok(Err("the order has no lines".to_owned()));
-    }
+    let wanted = match wanted(lines) {
+        Ok(wanted) => wanted,
+        Err(reason) => return Ok(Err(reason)),
+    };
     let ids: Vec<Uuid> = wanted.keys().copied().collect();
-    let rows: Vec<(Uuid, i64, String, i32)> = sqlx::query_as(
-        "SELECT id, price_minor, currency, stock FROM products
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    let mut shelves = lock_shelves(transaction, &ids).await?;
+    let reservation = match take(&wanted, &mut shelves) {
+        Ok(reservation) => reservation,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    write_reservations(transaction, &shelves, &[(order_id, &reservation)]).await?;
+    Ok(Ok(reservation))
+}
+
+/// A placement to answer, as [`answer_many`] takes it.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub order_id: Uuid,
+    pub lines: Vec<Wanted>,
+}
+
+/// The answer to one placement: an event type and its payload.
+pub type Answer = (String, Value);
+
+/// What [`answer_many`] needs to know to build an answer.
+pub trait Answers {
+    fn reserved(&self, order_id: Uuid, reservation: &Reservation) -> Answer;
+    fn rejected(&self, order_id: Uuid, reason: String) -> Answer;
+}
+
+/// An order's saga as `answer_many` reads it.
+#[derive(sqlx::FromRow)]
+struct SagaRow {
+    order_id: Uuid,
+    reply_type: Option<String>,
+    reply: Option<Json<Value>>,
+    cancelled: bool,
+}
+
+/// Answers many placements (of distinct orders) with a handful of statements whatever their
+/// number: the orders' rows are locked and read in one, their products in one, the stock and
+/// reservations written in one, the new answers remembered in one. Each order gets the answer
+/// it got before if it had one, a refusal if it was cancelled, else is reserved in turn against
+/// what the orders before it in `placements` left.
+pub async fn answer_many(
+    transaction: &mut PgConnection,
+    placements: &[Placement],
+    answers: &impl Answers,
+) -> sqlx::Result<Vec<(Uuid, Answer)>> {
+    let mut ids: Vec<Uuid> = placements.iter().map(|p| p.order_id).collect();
+    ids.sort_unstable();
+    let rows: Vec<SagaRow> = sqlx::query_as(
+        "INSERT INTO order_sagas (order_id) SELECT unnest($1::uuid[])
+         ON CONFLICT (order_id) DO UPDATE SET order_id = EXCLUDED.order_id
+         RETURNING order_id, reply_type, reply, cancelled_at IS NOT NULL AS cancelled",
     )
     .bind(&ids)
     .fetch_all(&mut *transaction)
     .await?;
-    let mut taken = Vec::with_capacity(rows.len());
-    let mut currency: Option<&str> = None;
-    let mut total_minor: i64 = 0;
-    for (&product_id, &quantity) in &wanted {
-        let Some((_, price, product_currency, stock)) = rows.iter().find(|row| row.0 == product_id)
-        else {
-            return Ok(Err(format!("product {product_id} does not exist")));
-        };
-        let Some(left) = Stock::from_stored(*stock).and_then(|s| s.take(quantity)) else {
-            return Ok(Err(format!(
-                "insufficient stock for product {product_id}: {quantity} requested, {stock} available"
-            )));
-        };
-        if *currency.get_or_insert(product_currency) != product_currency {
-            return Ok(Err("the order mixes currencies".to_owned()));
+    let known: BTreeMap<Uuid, OrderSaga> = rows
+        .into_iter()
+        .map(|row| {
+            let reply = row.reply_type.zip(row.reply.map(|Json(value)| value));
+            let saga = OrderSaga {
+                reply,
+                cancelled: row.cancelled,
+            };
+            (row.order_id, saga)
+        })
+        .collect();
+    let mut to_reserve = Vec::new();
+    let mut products = std::collections::BTreeSet::new();
+    for placement in placements {
+        let saga = known.get(&placement.order_id);
+        if saga.is_some_and(|s| s.reply.is_none() && !s.cancelled) {
+            if let Ok(wanted) = wanted(&placement.lines) {
+                products.extend(wanted.keys().copied());
+            }
+            to_reserve.push(placement);
         }
-        let Some(total) = price
-            .checked_mul(i64::from(quantity))
-            .and_then(|line| total_minor.checked_add(line))
-        else {
-            return Ok(Err("the order's total is too large".to_owned()));
-        };
-        total_minor = total;
-        taken.push((
-            Taken {
-                product_id,
-                quantity,
-                unit_price_minor: *price,
-            },
-            left,
-        ));
     }
-    for (line, left) in &taken {
-        set_stock(transaction, line.product_id, *left).await?;
+    let products: Vec<Uuid> = products.into_iter().collect();
+    let mut shelves = lock_shelves(transaction, &products).await?;
+    let mut decided: BTreeMap<Uuid, Result<Reservation, String>> = BTreeMap::new();
+    for placement in &to_reserve {
+        let outcome = wanted(&placement.lines).and_then(|wanted| take(&wanted, &mut shelves));
+        decided.insert(placement.order_id, outcome);
+    }
+    let reserved: Vec<(Uuid, &Reservation)> = decided
+        .iter()
+        .filter_map(|(id, outcome)| outcome.as_ref().ok().map(|r| (*id, r)))
+        .collect();
+    write_reservations(transaction, &shelves, &reserved).await?;
+    let mut out = Vec::with_capacity(placements.len());
+    let (mut new_ids, mut new_kinds, mut new_payloads) = (Vec::new(), Vec::new(), Vec::new());
+    for placement in placements {
+        let id = placement.order_id;
+        let answer = match (known.get(&id), decided.remove(&id)) {
+            (_, Some(Ok(reservation))) => answers.reserved(id, &reservation),
+            (_, Some(Err(reason))) => answers.rejected(id, reason),
+            (
+                Some(OrderSaga {
+                    reply: Some(reply), ..
+                }),
+                None,
+            ) => reply.clone(),
+            _ => answers.rejected(id, "the order was cancelled".to_owned()),
+        };
+        if known
+            .get(&id)
+            .is_some_and(|s| s.reply.is_none() && !s.cancelled)
+        {
+            new_ids.push(id);
+            new_kinds.push(answer.0.clone());
+            new_payloads.push(Json(answer.1.clone()));
+        }
+        out.push((id, answer));
+    }
+    if !new_ids.is_empty() {
         sqlx::query(
-            "INSERT INTO reservations (order_id, product_id, quantity) VALUES ($1, $2, $3)",
+            "UPDATE order_sagas s SET reply_type = r.kind, reply = r.reply
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS r(id, kind, reply)
+             WHERE s.order_id = r.id",
         )
-        .bind(order_id)
-        .bind(line.product_id)
-        .bind(line.quantity)
+        .bind(&new_ids)
+        .bind(&new_kinds)
+        .bind(&new_payloads)
         .execute(&mut *transaction)
         .await?;
     }
-    Ok(Ok(Reservation {
-        lines: taken.into_iter().map(|(line, _)| line).collect(),
-        total_minor,
-        currency: currency.unwrap_or_default().to_owned(),
-    }))
+    Ok(out)
 }
 
 /// Gives back everything the order reserved, once: the reservation rows go with it. Returns

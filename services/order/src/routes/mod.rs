@@ -5,7 +5,10 @@ mod orders;
 use actix_web::{http::StatusCode, web};
 use dockyard_runtime::{exit::error_chain, problem::Problem};
 
+use std::sync::Arc;
+
 use crate::{
+    admission::Admission,
     catalog::CatalogClient,
     store::{OrderStore, StoreError},
 };
@@ -13,11 +16,17 @@ use crate::{
 pub use orders::ApiDoc;
 
 /// Mounts every order route, and `GET /openapi.json`.
-pub fn configure(config: &mut web::ServiceConfig, store: OrderStore, catalog: CatalogClient) {
+pub fn configure(
+    config: &mut web::ServiceConfig,
+    store: OrderStore,
+    catalog: CatalogClient,
+    admission: Arc<Admission>,
+) {
     use utoipa::OpenApi;
     config
         .app_data(web::Data::new(store))
-        .app_data(web::Data::new(catalog));
+        .app_data(web::Data::new(catalog))
+        .app_data(web::Data::from(admission));
     orders::configure(config);
     dockyard_runtime::openapi::serve(config, &ApiDoc::openapi());
 }

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
+    admission::Admission,
     catalog::CatalogClient,
     domain::NewOrder,
     store::{Order, OrderStore, Placed, Total},
@@ -105,7 +106,7 @@ fn accepted(order: &Value, status: u16) -> HttpResponse {
         (status = 413, description = "The body is over 64 KiB", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, a product that does not exist, or the key used before with another body", body = ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable; retry with the same key", body = ProblemSchema, content_type = "application/problem+json",
+        (status = 503, description = "Too many orders in progress (`urn:dockyard:problem:overloaded`), or the database is unavailable; retry after `Retry-After` seconds with the same key", body = ProblemSchema, content_type = "application/problem+json",
             headers(("Retry-After" = u32))),
     )
 )]
@@ -113,14 +114,39 @@ fn accepted(order: &Value, status: u16) -> HttpResponse {
 async fn place(
     store: web::Data<OrderStore>,
     catalog: web::Data<CatalogClient>,
+    admission: web::Data<Admission>,
     request: HttpRequest,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, Problem> {
     let key = idempotency_key(&request)?;
+    // Refused before anything is written: a retry with the same key starts afresh.
+    admission.admit(store.queue_full())?;
     let raw = body.into_inner();
-    if let Some(earlier) = store.recall(&key, &raw).await? {
-        return replay(earlier);
+    // The first time, this is all there is to do; a request repeated with its key finds the
+    // key taken in `place` and gets its first answer. Only when the request is refused does
+    // the key get looked up first: an order accepted before stays accepted (say its product
+    // was deleted since).
+    let (order, total) = match validate_and_price(&catalog, &raw).await {
+        Ok(priced) => priced,
+        Err(problem) => {
+            return match store.recall(&key, &raw).await? {
+                Some(earlier) => replay(earlier),
+                None => Err(problem),
+            };
+        }
+    };
+    let placed = store.place(&key, &raw, &order, total).await?;
+    if let Placed::Created(order) = &placed {
+        tracing::info!(order_id = %order.id, priced = order.total.is_some(), "order placed");
     }
+    replay(placed)
+}
+
+/// The order the body asks for, priced.
+async fn validate_and_price(
+    catalog: &CatalogClient,
+    raw: &Value,
+) -> Result<(NewOrder, Option<Total>), Problem> {
     let parsed: PlaceBody = serde_json::from_value(raw.clone())
         .map_err(|e| Problem::validation(&[FieldError::new("body", e.to_string())]))?;
     let lines: Vec<(Uuid, i64)> = parsed
@@ -130,12 +156,8 @@ async fn place(
         .collect();
     let mut order = NewOrder::parse(parsed.customer_id.uuid(), &lines)
         .map_err(|errors| Problem::validation(&errors))?;
-    let total = price(&catalog, &mut order).await?;
-    let placed = store.place(&key, &raw, &order, total).await?;
-    if let Placed::Created(order) = &placed {
-        tracing::info!(order_id = %order.id, priced = order.total.is_some(), "order placed");
-    }
-    replay(placed)
+    let total = price(catalog, &mut order).await?;
+    Ok((order, total))
 }
 
 /// Prices the lines when the catalog answers (unknown products are refused at once); when it

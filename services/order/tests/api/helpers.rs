@@ -90,13 +90,25 @@ pub fn start_order(
     amqp: &str,
     catalog_url: &str,
 ) -> Running {
+    start_order_with(db, exchange, amqp, catalog_url, &[])
+}
+
+/// The same, with `vars` for the saga's deadline and admission control.
+pub fn start_order_with(
+    db: &TestDatabase,
+    exchange: &TestExchange,
+    amqp: &str,
+    catalog_url: &str,
+    vars: &[(&str, &str)],
+) -> Running {
     init_telemetry();
     let settings = order::config::Settings {
         http: HttpConfig::ephemeral(),
         database: database(db.url()),
         broker: broker(exchange, amqp),
         catalog: config::from_vars([("CATALOG_URL", catalog_url)]).unwrap(),
-        saga: config::from_vars::<_, &str, &str>([]).unwrap(),
+        saga: config::from_vars(vars.iter().copied()).unwrap(),
+        admission: config::from_vars(vars.iter().copied()).unwrap(),
     };
     let app = order::startup::Application::build(&settings).unwrap();
     run(app.port(), |stopped| {
@@ -184,6 +196,37 @@ impl Platform {
             .await
             .unwrap();
         product["stock"].as_i64().unwrap()
+    }
+
+    /// The value of an unlabelled metric on the order's `/metrics`, if it is there.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.order.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Waits up to 10 s for the metric `name` to satisfy `expected`; returns its last value.
+    pub async fn metric_until(&self, name: &str, expected: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(name).await;
+            if let Some(value) = value.filter(|v| expected(*v)) {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} stayed at {value:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn place(&self, key: &str, body: &Value) -> Response {

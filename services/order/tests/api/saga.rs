@@ -8,7 +8,9 @@ use dockyard_testkit::TcpProxy;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Platform, databases, order_body, spawn_platform, start_catalog, start_order};
+use crate::helpers::{
+    Platform, databases, order_body, spawn_platform, start_catalog, start_order, start_order_with,
+};
 
 #[tokio::test]
 async fn a_placed_order_is_confirmed_with_the_catalog_total_and_stock_taken_once() {
@@ -158,12 +160,22 @@ async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_re
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(platform.order(&ids[0]).await["status"], "pending");
+    platform
+        .metric_until("dockyard_outbox_backlog", |n| (n - 2.0).abs() < 0.5)
+        .await;
+    let age = platform
+        .metric_until("dockyard_outbox_oldest_unsent_seconds", |s| s > 0.0)
+        .await;
+    assert!(age < 30.0, "{age}");
 
     proxy.restore().await;
 
     for id in &ids {
         assert_eq!(platform.settled(id).await["status"], "confirmed");
     }
+    platform
+        .metric_until("dockyard_outbox_backlog", |n| n < 0.5)
+        .await;
     assert_eq!(platform.stock(&mug).await, 7);
 }
 
@@ -259,4 +271,124 @@ async fn an_answer_that_cannot_be_applied_rejects_the_order_and_releases_its_sto
         .wait_for_dead_letters("order", 1, Duration::from_secs(10))
         .await;
     assert_eq!(dead, 1, "the answer waits in the dead letters");
+}
+
+#[tokio::test]
+async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_one_order() {
+    let (catalog_db, order_db) = databases().await;
+    let exchange = dockyard_messaging::testing::TestExchange::new();
+    let catalog = start_catalog(&catalog_db, &exchange);
+    let mug = Platform::product_via(&catalog.address, "MUG", 100).await;
+    let catalog_url = catalog.address.clone();
+    // No catalog consuming: every order stays pending, and the saga falls behind.
+    catalog.stop().await;
+    let order = start_order_with(
+        &order_db,
+        &exchange,
+        &amqp_url(),
+        &catalog_url,
+        &[("ORDER_ADMISSION_BACKLOG", "3")],
+    );
+    let mut platform = Platform {
+        client: reqwest::Client::new(),
+        exchange,
+        catalog_db,
+        order_db,
+        catalog: None,
+        order,
+    };
+    let body = order_body(Uuid::now_v7(), &[(&mug, 1)]);
+    for _ in 0..3 {
+        platform.place_ok(&body).await;
+    }
+    // Three orders pending: the backlog is full once they are counted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for _ in 0..2 {
+        let refused = platform.place("retry-me", &body).await;
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:dockyard:problem:overloaded");
+    }
+    let metrics = platform
+        .client
+        .get(format!("{}/metrics", platform.order.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("dockyard_order_shed_total 2"), "{metrics}");
+
+    // The catalog comes back, the saga catches up, the door opens again.
+    platform.catalog = Some(start_catalog(&platform.catalog_db, &platform.exchange));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let accepted = loop {
+        let response = platform.place("retry-me", &body).await;
+        if response.status() == 202 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert_eq!(response.status(), 503, "only refused while behind");
+        assert!(tokio::time::Instant::now() < deadline, "never let in again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let again = platform.place("retry-me", &body).await;
+    assert_eq!(again.status(), 202, "the first answer again");
+    let replayed: Value = again.json().await.unwrap();
+    assert_eq!(replayed["id"], accepted["id"]);
+
+    let pool = platform.order_db.pool().await;
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 4, "three before, exactly one for the retried key");
+    pool.close().await;
+    assert_eq!(
+        platform.settled(accepted["id"].as_str().unwrap()).await["status"],
+        "confirmed"
+    );
+}
+
+#[tokio::test]
+async fn the_pricing_breaker_state_is_a_metric_and_opens_when_the_catalog_fails() {
+    let (catalog_db, order_db) = databases().await;
+    let exchange = dockyard_messaging::testing::TestExchange::new();
+    // Nothing listens there: every pricing call fails at once.
+    let order = start_order(&order_db, &exchange, &amqp_url(), "http://127.0.0.1:9");
+    let platform = Platform {
+        client: reqwest::Client::new(),
+        exchange,
+        catalog_db,
+        order_db,
+        catalog: None,
+        order,
+    };
+    assert_eq!(
+        platform
+            .metric("dockyard_order_pricing_breaker_state")
+            .await,
+        Some(0.0),
+        "closed"
+    );
+    let product = Uuid::now_v7().to_string();
+    for _ in 0..6 {
+        // The alternate path: accepted unpriced.
+        platform
+            .place_ok(&order_body(Uuid::now_v7(), &[(&product, 1)]))
+            .await;
+    }
+    assert_eq!(
+        platform
+            .metric("dockyard_order_pricing_breaker_state")
+            .await,
+        Some(2.0),
+        "open"
+    );
 }

@@ -1,6 +1,9 @@
 //! Orders in PostgreSQL: placing (with its idempotency key and its `order.placed` event in one
-//! transaction), reading, cancelling, and the saga's transitions (confirm, reject, the
-//! deadline). The only writer of `orders` and `idempotency_keys`.
+//! transaction, grouped with the placements that arrive together: [`placer`]), reading,
+//! cancelling, and the saga's transitions (confirm, reject, the deadline). The only writer of
+//! `orders` and `idempotency_keys`.
+
+mod placer;
 
 use std::time::Duration;
 
@@ -106,14 +109,24 @@ pub struct OrderStore {
     database: Database,
     /// A new order is due (for the saga's deadline) this long after its placement.
     pending_timeout: Duration,
+    /// The writer of placements.
+    placer: tokio::sync::mpsc::Sender<placer::Placement>,
 }
 
 impl OrderStore {
+    /// Call from the main runtime: the writer of placements runs there.
     pub fn new(database: Database, pending_timeout: Duration) -> Self {
         Self {
+            placer: placer::start(database.pool().clone()),
             database,
             pending_timeout,
         }
+    }
+
+    /// Whether this process's writer has more placements waiting than it can write soon
+    /// (a quarter of its queue): admission control refuses new ones at once then.
+    pub fn queue_full(&self) -> bool {
+        self.placer.capacity() < placer::QUEUE * 3 / 4
     }
 
     /// What an earlier request with this key got, if any.
@@ -139,55 +152,42 @@ impl OrderStore {
         order: &NewOrder,
         total: Option<Total>,
     ) -> Result<Placed, StoreError> {
-        let (key, request, order) = (key.to_owned(), request.clone(), order.clone());
-        let timeout = self.pending_timeout.as_secs_f64();
-        Ok(self
-            .database
-            .run(move |pool| async move {
-                let mut transaction = pool.begin().await?;
-                let claimed = sqlx::query(
-                    "INSERT INTO idempotency_keys (key, request) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                )
-                .bind(&key)
-                .bind(Json(&request))
-                .execute(&mut *transaction)
-                .await?
-                .rows_affected();
-                if claimed == 0 {
-                    transaction.rollback().await?;
-                    let mut connection = pool.acquire().await?;
-                    return Ok(recall(&mut connection, &key, &request)
-                        .await?
-                        .unwrap_or(Placed::KeyReused));
-                }
-                let id = Uuid::now_v7();
-                let placed = OrderPlaced { order_id: id, lines: order.lines.clone() };
-                let event = Envelope::new("order.placed", id, &placed);
-                let row: OrderRow = sqlx::query_as(
-                    "INSERT INTO orders (id, customer_id, status, lines, total_minor, currency, due_at, placed_event)
-                     VALUES ($1, $2, 'pending', $3, $4, $5, now() + make_interval(secs => $6), $7)
-                     RETURNING *",
-                )
-                .bind(id)
-                .bind(order.customer_id)
-                .bind(Json(&order.lines))
-                .bind(total.as_ref().map(|t| t.amount_minor))
-                .bind(total.as_ref().map(|t| t.currency.as_str()))
-                .bind(timeout)
-                .bind(event.id)
-                .fetch_one(&mut *transaction)
-                .await?;
-                outbox::enqueue(&mut transaction, &event).await?;
-                let created = Order::from(row);
-                sqlx::query("UPDATE idempotency_keys SET status = 202, response = $2 WHERE key = $1")
-                    .bind(&key)
-                    .bind(Json(&created))
-                    .execute(&mut *transaction)
-                    .await?;
-                transaction.commit().await?;
-                Ok::<_, sqlx::Error>(Placed::Created(created))
-            })
-            .await?)
+        let now = OffsetDateTime::now_utc();
+        // PostgreSQL keeps microseconds: the answer must equal what a later GET shows.
+        let now = now
+            .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+            .expect("a whole number of microseconds is a valid nanosecond");
+        // The order as it is answered and stored, built here: the writer stores it as is.
+        let created = Order {
+            id: Uuid::now_v7(),
+            customer_id: order.customer_id,
+            status: Status::Pending,
+            reason: None,
+            lines: order.lines.clone(),
+            total,
+            created_at: now,
+            updated_at: now,
+        };
+        let placed = OrderPlaced {
+            order_id: created.id,
+            lines: created.lines.clone(),
+        };
+        let event = Envelope::new("order.placed", created.id, &placed);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let placement = placer::Placement {
+            key: key.to_owned(),
+            request: request.clone(),
+            order: created,
+            event,
+            timeout_secs: self.pending_timeout.as_secs_f64(),
+            answer,
+        };
+        if self.placer.send(placement).await.is_err() {
+            return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        answered
+            .await
+            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolClosed)))
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
@@ -284,6 +284,59 @@ pub async fn confirm(
     .await?
     .rows_affected();
     Ok(moved == 1)
+}
+
+/// [`confirm`] for many orders with one statement; returns how many moved.
+pub async fn confirm_many(
+    transaction: &mut PgConnection,
+    confirmations: &[(Uuid, Vec<Line>, Total)],
+) -> sqlx::Result<u64> {
+    if confirmations.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = confirmations.iter().map(|c| c.0).collect();
+    let lines: Vec<Json<&Vec<Line>>> = confirmations.iter().map(|c| Json(&c.1)).collect();
+    let totals: Vec<i64> = confirmations.iter().map(|c| c.2.amount_minor).collect();
+    let currencies: Vec<&str> = confirmations
+        .iter()
+        .map(|c| c.2.currency.as_str())
+        .collect();
+    Ok(sqlx::query(
+        "UPDATE orders o SET status = 'confirmed', lines = r.lines, total_minor = r.total,
+                             currency = r.currency, reason = NULL, updated_at = now()
+         FROM unnest($1::uuid[], $2::jsonb[], $3::bigint[], $4::text[])
+              AS r(id, lines, total, currency)
+         WHERE o.id = r.id AND o.status = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&lines)
+    .bind(&totals)
+    .bind(&currencies)
+    .execute(transaction)
+    .await?
+    .rows_affected())
+}
+
+/// [`reject`] for many orders with one statement; returns how many moved.
+pub async fn reject_many(
+    transaction: &mut PgConnection,
+    rejections: &[(Uuid, String)],
+) -> sqlx::Result<u64> {
+    if rejections.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = rejections.iter().map(|r| r.0).collect();
+    let reasons: Vec<&str> = rejections.iter().map(|r| r.1.as_str()).collect();
+    Ok(sqlx::query(
+        "UPDATE orders o SET status = 'rejected', reason = r.reason, updated_at = now()
+         FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
+         WHERE o.id = r.id AND o.status = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .execute(transaction)
+    .await?
+    .rows_affected())
 }
 
 /// Rejects a pending order with `reason`. `false` when it was no longer pending.
@@ -399,7 +452,7 @@ pub async fn sweep_due(
 /// An idempotency key's row: the request, and the response status and body once answered.
 type KeyRow = (Json<Value>, Option<i16>, Option<Json<Value>>);
 
-async fn recall(
+pub(crate) async fn recall(
     connection: &mut PgConnection,
     key: &str,
     request: &Value,

@@ -1,0 +1,165 @@
+//! Admission control: refuse new orders early, with `503` and `Retry-After`, while the saga has
+//! as many orders in progress as it can finish in time, instead of queueing work it cannot.
+//!
+//! The signal is the number of orders in progress: those pending in the database (counted
+//! every 25 ms with one query on a partial index, shared by every instance since they share
+//! the database), plus those this process let in since that count. Past
+//! `ORDER_ADMISSION_BACKLOG` of them, new placements are refused: by Little's law the time an
+//! order takes is at most that many divided by the rate the saga confirms them, so the backlog
+//! bounds the latency of the orders that are let in. Placements already queued for the
+//! database in this process count too: beyond a quarter of the writer's queue, new ones are
+//! refused at once.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use actix_web::http::StatusCode;
+use dockyard_runtime::{metrics::Metrics, problem::Problem};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// `ORDER_ADMISSION_BACKLOG`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdmissionConfig {
+    /// Orders in progress (pending) at most before new ones are refused (`0`: never refuse).
+    #[serde(default = "default_backlog")]
+    pub order_admission_backlog: i64,
+}
+
+fn default_backlog() -> i64 {
+    100
+}
+
+const SAMPLE_EVERY: Duration = Duration::from_millis(25);
+
+/// Whether new orders are let in now.
+#[derive(Debug)]
+pub struct Admission {
+    config: AdmissionConfig,
+    /// Pending orders at the last count.
+    pending: AtomicI64,
+    /// Orders let in by this process since the query of the last count started.
+    let_in: AtomicI64,
+    shed: Counter,
+    pending_gauge: Gauge,
+}
+
+impl Admission {
+    /// Registers its metrics (`dockyard_order_shed_total`, `dockyard_order_pending`).
+    pub fn new(config: AdmissionConfig, metrics: &mut Metrics) -> Arc<Self> {
+        let admission = Arc::new(Self {
+            config,
+            pending: AtomicI64::new(0),
+            let_in: AtomicI64::new(0),
+            shed: Counter::default(),
+            pending_gauge: Gauge::default(),
+        });
+        metrics.register(
+            "order_shed",
+            "Placements refused with 503 because too many orders were in progress",
+            admission.shed.clone(),
+        );
+        metrics.register(
+            "order_pending",
+            "Orders pending (in the saga), as last counted",
+            admission.pending_gauge.clone(),
+        );
+        admission
+    }
+
+    /// Counts the orders in progress until `shutdown`.
+    pub async fn run(self: Arc<Self>, pool: PgPool, shutdown: CancellationToken) {
+        if self.config.order_admission_backlog == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let counted_from = self.let_in.load(Ordering::Relaxed);
+            let pending: Result<i64, sqlx::Error> =
+                sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+                    .fetch_one(&pool)
+                    .await;
+            // Unknown (the database is away): placements will find out for themselves.
+            let Ok(pending) = pending else { continue };
+            self.observe(pending, counted_from);
+        }
+    }
+
+    /// A count of `pending`, from a query started when `counted_from` orders had been let in.
+    fn observe(&self, pending: i64, counted_from: i64) {
+        self.pending.store(pending, Ordering::Relaxed);
+        self.let_in.fetch_sub(counted_from, Ordering::Relaxed);
+        self.pending_gauge.set(pending);
+    }
+
+    /// `Ok` to take a placement; a `503` problem with `Retry-After` while the saga has its
+    /// backlog of orders in progress or this process's writer is full (`queue_full`).
+    pub fn admit(&self, queue_full: bool) -> Result<(), Problem> {
+        let limit = self.config.order_admission_backlog;
+        let in_progress =
+            self.pending.load(Ordering::Relaxed) + self.let_in.load(Ordering::Relaxed);
+        if !queue_full && (limit == 0 || in_progress < limit) {
+            self.let_in.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.shed.inc();
+        Err(Problem::of_kind(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many orders in progress",
+        )
+        .detail(
+            "orders are coming in faster than they can be confirmed; retry in a second with the same Idempotency-Key",
+        )
+        .retry_after(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(backlog: i64) -> Arc<Admission> {
+        let config = AdmissionConfig {
+            order_admission_backlog: backlog,
+        };
+        Admission::new(config, &mut Metrics::new())
+    }
+
+    #[test]
+    fn orders_are_let_in_up_to_the_backlog_counting_those_let_in_since_the_count() {
+        let admission = admission(10);
+        admission.observe(8, 0);
+        assert!(admission.admit(false).is_ok(), "9 in progress");
+        assert!(admission.admit(false).is_ok(), "10 in progress");
+        let refused = admission.admit(false).unwrap_err();
+        assert_eq!((refused.status, refused.retry_after), (503, Some(1)));
+        // A count that started after the two were let in sees them among the pending.
+        admission.observe(9, 2);
+        assert!(admission.admit(false).is_ok(), "one confirmed meanwhile");
+        assert!(admission.admit(false).is_err());
+        assert!(
+            admission.admit(true).is_err(),
+            "a full writer refuses at once"
+        );
+    }
+
+    #[test]
+    fn a_backlog_of_zero_never_refuses() {
+        let admission = admission(0);
+        admission.observe(1_000_000, 0);
+        assert!(admission.admit(false).is_ok());
+    }
+}

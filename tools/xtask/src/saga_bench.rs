@@ -1,0 +1,414 @@
+//! `cargo xtask saga-bench` (run by `bench/saga.sh`): the order saga under load, on a platform
+//! of its own (catalog ×2, order ×1, gateway; release builds).
+//!
+//! Orders for 1 unit of one of 100 products (stock large enough never to run out) are `POST`ed
+//! to the order instance, each with a fresh `Idempotency-Key`, in three passes:
+//! 1. **saturation**: `concurrency` clients in a closed loop for `seconds`: the rate the saga
+//!    sustains (orders placed, and orders confirmed within the pass);
+//! 2. **80 %** of that rate, open loop (each order sent at its scheduled time, whatever the
+//!    answers before it): placement→confirmed latency at a load the platform can carry;
+//! 3. **2×** that rate, open loop: what admission control makes of overload (orders refused
+//!    early with `503`, and the latency of those accepted).
+//!
+//! Placement→confirmed is read from the orders table (`updated_at − created_at` of confirmed
+//! orders), so it is the saga's latency, not the HTTP client's. Between passes the platform
+//! drains. At the end the invariants are checked: stock taken == units of confirmed orders, no
+//! order pending, the 503s created no order.
+
+// Report arithmetic: counts and milliseconds far below 2^52.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{database, sandbox::Sandbox, stack};
+
+const PRODUCTS: usize = 100;
+const STOCK: i64 = 100_000_000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seconds: u64,
+    pub concurrency: usize,
+    pub bin_dir: std::path::PathBuf,
+    /// Skip the saturation pass and use this rate as capacity.
+    pub capacity: Option<f64>,
+}
+
+/// What one pass measured.
+#[derive(Debug, Default)]
+struct Pass {
+    name: String,
+    offered: Option<f64>,
+    seconds: f64,
+    accepted: u64,
+    shed: u64,
+    other: u64,
+    confirmed: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    backlog: i64,
+}
+
+/// Runs the three passes; prints the table; `Ok(true)` when the invariants hold.
+pub async fn run(options: Options) -> anyhow::Result<bool> {
+    let sandbox = Sandbox::new("sagabench");
+    let result = run_in(&sandbox, options).await;
+    sandbox.cleanup().await;
+    result
+}
+
+async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
+    let mut stack_options = sandbox.options(2, options.bin_dir.clone());
+    stack_options.service_env = vec![
+        ("DATABASE_MAX_CONNECTIONS", "20".to_owned()),
+        ("HTTP_WORKERS", "2".to_owned()),
+    ];
+    let platform = stack::Stack::start(stack_options).await?;
+    let order = platform.url_of("order-1").context("no order instance")?;
+    let products = create_products(&platform.gateway_url).await?;
+    let orders_db = sqlx::PgPool::connect(&database::url_of(
+        &sandbox.server_url,
+        &sandbox.order_database,
+    )?)
+    .await?;
+    let catalog_db = sqlx::PgPool::connect(&database::url_of(
+        &sandbox.server_url,
+        &sandbox.catalog_database,
+    )?)
+    .await?;
+    let duration = Duration::from_secs(options.seconds);
+
+    let mut passes = Vec::new();
+    let capacity = if let Some(capacity) = options.capacity {
+        capacity
+    } else {
+        println!(
+            "saturation: {} clients for {} s",
+            options.concurrency, options.seconds
+        );
+        let pass = measure(
+            "saturation",
+            None,
+            &orders_db,
+            closed_loop(&order, &products, options.concurrency, duration),
+        )
+        .await?;
+        let capacity = pass.confirmed as f64 / pass.seconds;
+        passes.push(pass);
+        drain(&orders_db).await?;
+        capacity
+    };
+    for (name, share) in [("80 % of capacity", 0.8), ("2× capacity", 2.0)] {
+        let rate = (capacity * share).max(1.0);
+        println!("{name}: {rate:.0} orders/s for {} s", options.seconds);
+        let pass = measure(
+            name,
+            Some(rate),
+            &orders_db,
+            open_loop(&order, &products, rate, duration),
+        )
+        .await?;
+        passes.push(pass);
+        drain(&orders_db).await?;
+    }
+    let checks = invariants(&orders_db, &catalog_db).await?;
+    orders_db.close().await;
+    catalog_db.close().await;
+    platform.stop().await;
+
+    println!(
+        "\n{:<18} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "pass",
+        "offered/s",
+        "placed/s",
+        "confirm/s",
+        "shed",
+        "other",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "backlog"
+    );
+    for pass in &passes {
+        println!(
+            "{:<18} {:>9} {:>9.0} {:>9.0} {:>7} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>8}",
+            pass.name,
+            pass.offered
+                .map_or_else(|| "closed".to_owned(), |r| format!("{r:.0}")),
+            pass.accepted as f64 / pass.seconds,
+            pass.confirmed as f64 / pass.seconds,
+            pass.shed,
+            pass.other,
+            pass.p50_ms,
+            pass.p99_ms,
+            pass.max_ms,
+            pass.backlog,
+        );
+    }
+    println!(
+        "\n{:<44} {:>12} {:>12}  holds",
+        "invariant", "expected", "observed"
+    );
+    for (name, expected, observed) in &checks {
+        println!(
+            "{name:<44} {expected:>12} {observed:>12}  {}",
+            if expected == observed { "yes" } else { "NO" }
+        );
+    }
+    Ok(checks
+        .iter()
+        .all(|(_, expected, observed)| expected == observed))
+}
+
+async fn create_products(gateway: &str) -> anyhow::Result<Vec<String>> {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::with_capacity(PRODUCTS);
+    for n in 0..PRODUCTS {
+        let body = json!({
+            "sku": format!("BENCH-{n}-{}", Uuid::new_v4().simple()),
+            "name": format!("Bench product {n}"),
+            "price": {"amount_minor": 250, "currency": "EUR"},
+            "stock": STOCK,
+        });
+        let created: Value = client
+            .post(format!("{gateway}/api/catalog/products"))
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ids.push(created["id"].as_str().context("a product id")?.to_owned());
+    }
+    Ok(ids)
+}
+
+/// Answers counted by a load pass.
+#[derive(Debug, Default)]
+struct Answers {
+    accepted: AtomicU64,
+    shed: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Answers {
+    fn count(&self, status: Option<u16>) {
+        let counter = match status {
+            Some(202) => &self.accepted,
+            Some(503) => &self.shed,
+            _ => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("a client")
+}
+
+async fn place(client: &reqwest::Client, url: &str, product: &str) -> Option<u16> {
+    let body =
+        json!({"customer_id": Uuid::now_v7(), "lines": [{"product_id": product, "quantity": 1}]});
+    client
+        .post(url)
+        .header("idempotency-key", Uuid::new_v4().to_string())
+        .json(&body)
+        .send()
+        .await
+        .ok()
+        .map(|response| response.status().as_u16())
+}
+
+/// `concurrency` clients, each placing orders one after the other until `duration` is over
+/// (after a 503, one second later).
+async fn closed_loop(
+    order: &str,
+    products: &[String],
+    concurrency: usize,
+    duration: Duration,
+) -> Answers {
+    let answers = Arc::new(Answers::default());
+    let url = format!("{order}/orders");
+    let end = tokio::time::Instant::now() + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (answers, url, products, client) = (
+                Arc::clone(&answers),
+                url.clone(),
+                products.to_vec(),
+                client(),
+            );
+            tokio::spawn(async move {
+                let mut n = worker;
+                while tokio::time::Instant::now() < end {
+                    let status = place(&client, &url, &products[n % products.len()]).await;
+                    answers.count(status);
+                    n += concurrency;
+                    if status == Some(503) {
+                        // As a well-behaved client does: wait as `Retry-After` says (1 s).
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Arc::try_unwrap(answers).unwrap_or_default()
+}
+
+/// Orders sent at `rate` per second for `duration`, each at its scheduled instant whatever
+/// happened to the ones before (no coordinated omission).
+async fn open_loop(order: &str, products: &[String], rate: f64, duration: Duration) -> Answers {
+    let answers = Arc::new(Answers::default());
+    let url = format!("{order}/orders");
+    let client = client();
+    let start = tokio::time::Instant::now();
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let mut inflight = tokio::task::JoinSet::new();
+    for n in 0..total {
+        let at = start + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        let (answers, url, client) = (Arc::clone(&answers), url.clone(), client.clone());
+        let product = products[(n as usize) % products.len()].clone();
+        inflight.spawn(async move {
+            let status = place(&client, &url, &product).await;
+            answers.count(status);
+        });
+        while inflight.try_join_next().is_some() {}
+    }
+    while inflight.join_next().await.is_some() {}
+    Arc::try_unwrap(answers).unwrap_or_default()
+}
+
+/// Runs `load`, then reads what the saga made of the orders placed meanwhile.
+async fn measure(
+    name: &str,
+    offered: Option<f64>,
+    orders: &sqlx::PgPool,
+    load: impl std::future::Future<Output = Answers>,
+) -> anyhow::Result<Pass> {
+    let started: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT now()").fetch_one(orders).await?;
+    let clock = tokio::time::Instant::now();
+    let answers = load.await;
+    let seconds = clock.elapsed().as_secs_f64();
+    let ended: time::OffsetDateTime = sqlx::query_scalar("SELECT now()").fetch_one(orders).await?;
+    // Confirmed within the pass, and how long each took from placement.
+    let latencies: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM updated_at - created_at)::float8 * 1000 FROM orders
+         WHERE status = 'confirmed' AND created_at >= $1 AND updated_at <= $2
+         ORDER BY 1",
+    )
+    .bind(started)
+    .bind(ended)
+    .fetch_all(orders)
+    .await?;
+    let backlog: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE status = 'pending' AND created_at >= $1",
+    )
+    .bind(started)
+    .fetch_one(orders)
+    .await?;
+    let at = |p: f64| {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1]
+    };
+    Ok(Pass {
+        name: name.to_owned(),
+        offered,
+        seconds,
+        accepted: answers.accepted.load(Ordering::Relaxed),
+        shed: answers.shed.load(Ordering::Relaxed),
+        other: answers.other.load(Ordering::Relaxed),
+        confirmed: latencies.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+        backlog,
+    })
+}
+
+/// Waits until no order is pending (up to 2 minutes).
+async fn drain(orders: &sqlx::PgPool) -> anyhow::Result<()> {
+    for _ in 0..240 {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+                .fetch_one(orders)
+                .await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("orders still pending after 2 minutes")
+}
+
+async fn invariants(
+    orders: &sqlx::PgPool,
+    catalog: &sqlx::PgPool,
+) -> anyhow::Result<Vec<(&'static str, i64, i64)>> {
+    let confirmed_units: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum((line->>'quantity')::bigint), 0)::bigint
+         FROM orders, jsonb_array_elements(lines) AS line WHERE status = 'confirmed'",
+    )
+    .fetch_one(orders)
+    .await?;
+    let mut taken = -1;
+    for _ in 0..60 {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(stock), 0)::bigint FROM products WHERE sku LIKE 'BENCH-%'",
+        )
+        .fetch_one(catalog)
+        .await?;
+        taken = STOCK * i64::try_from(PRODUCTS).expect("a small number") - left;
+        if taken == confirmed_units {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+        .fetch_one(orders)
+        .await?;
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'rejected'")
+        .fetch_one(orders)
+        .await?;
+    let unanswered_keys: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM orders) - (SELECT count(*) FROM idempotency_keys WHERE status IS NOT NULL)",
+    )
+    .fetch_one(orders)
+    .await?;
+    Ok(vec![
+        (
+            "stock taken == units of confirmed orders",
+            confirmed_units,
+            taken,
+        ),
+        ("orders pending after the drain", 0, pending),
+        ("orders rejected (stock never runs out)", 0, rejected),
+        ("orders without their key's answer", 0, unanswered_keys),
+    ])
+}
