@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use dockyard_runtime::health::Verdict;
 
-use crate::{config::BrokerConfig, topology};
+use crate::{
+    config::BrokerConfig,
+    topology::{self, Topology},
+};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -46,20 +49,28 @@ impl Session {
 #[derive(Debug, Clone)]
 pub struct Broker {
     config: Arc<BrokerConfig>,
+    topology: Arc<Topology>,
     session: watch::Receiver<Option<Session>>,
     stop: CancellationToken,
     supervisor: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl Broker {
-    /// Starts supervising the connection in the background and returns at once.
-    pub fn start(config: BrokerConfig) -> Self {
+    /// Starts supervising the connection in the background and returns at once; `topology` is
+    /// declared at each connection.
+    pub fn start(config: BrokerConfig, topology: Topology) -> Self {
         let (sender, session) = watch::channel(None);
         let stop = CancellationToken::new();
-        let config = Arc::new(config);
-        let supervisor = tokio::spawn(supervise(Arc::clone(&config), sender, stop.clone()));
+        let (config, topology) = (Arc::new(config), Arc::new(topology));
+        let supervisor = tokio::spawn(supervise(
+            Arc::clone(&config),
+            Arc::clone(&topology),
+            sender,
+            stop.clone(),
+        ));
         Self {
             config,
+            topology,
             session,
             stop,
             supervisor: Arc::new(tokio::sync::Mutex::new(Some(supervisor))),
@@ -68,6 +79,10 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     pub fn is_connected(&self) -> bool {
@@ -97,11 +112,12 @@ impl Broker {
     }
 }
 
-async fn connect(config: &BrokerConfig) -> lapin::Result<Connection> {
+async fn connect(config: &BrokerConfig, topology: &Topology) -> lapin::Result<Connection> {
     let connection =
         Connection::connect(config.amqp_url.expose(), ConnectionProperties::default()).await?;
     topology::declare(
         &connection,
+        topology,
         &config.amqp_exchange,
         config.amqp_delivery_limit,
     )
@@ -111,6 +127,7 @@ async fn connect(config: &BrokerConfig) -> lapin::Result<Connection> {
 
 async fn supervise(
     config: Arc<BrokerConfig>,
+    topology: Arc<Topology>,
     sessions: watch::Sender<Option<Session>>,
     stop: CancellationToken,
 ) {
@@ -118,7 +135,7 @@ async fn supervise(
     loop {
         let attempt = tokio::select! {
             () = stop.cancelled() => return,
-            attempt = connect(&config) => attempt,
+            attempt = connect(&config, &topology) => attempt,
         };
         match attempt {
             Ok(connection) => {

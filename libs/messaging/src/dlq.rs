@@ -24,7 +24,7 @@ use crate::{
     config::BrokerConfig,
     consumer::{DEAD_AT_HEADER, FAILURES_HEADER, REASON_HEADER, header_u32},
     envelope::Envelope,
-    topology,
+    topology::{self, Topology},
 };
 
 /// One dead letter.
@@ -58,6 +58,7 @@ pub enum DlqError {
 /// Runs `command` for `consumer`'s dead-letter queue, writing what it finds to `out`.
 pub async fn run(
     config: &BrokerConfig,
+    topology: &Topology,
     consumer: &str,
     command: DlqCommand,
     out: &mut impl Write,
@@ -66,6 +67,7 @@ pub async fn run(
         Connection::connect(config.amqp_url.expose(), ConnectionProperties::default()).await?;
     topology::declare(
         &connection,
+        topology,
         &config.amqp_exchange,
         config.amqp_delivery_limit,
     )

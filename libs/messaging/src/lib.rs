@@ -49,6 +49,7 @@ pub use consumer::{Compensation, Handled, Handler, HandlerError, HandlerFuture, 
 pub use envelope::Envelope;
 pub use outbox::OutboxRelay;
 pub use status::{ConsumerCheck, ConsumerStatus};
+pub use topology::Topology;
 pub use workers::EventWorkers;
 
 /// The outbox and inbox tables. Services run it from their `migrate` command, beside their own

@@ -13,7 +13,10 @@ use lapin::{
     types::FieldTable,
 };
 
-use crate::{envelope::Envelope, topology};
+use crate::{
+    envelope::Envelope,
+    topology::{self, Topology},
+};
 
 /// `AMQP_URL`, or the machine's local RabbitMQ.
 pub fn amqp_url() -> String {
@@ -24,12 +27,15 @@ pub fn amqp_url() -> String {
 #[derive(Debug)]
 pub struct TestExchange {
     name: String,
+    topology: Topology,
 }
 
 impl TestExchange {
-    pub fn new() -> Self {
+    /// An exchange for `topology`'s queues.
+    pub fn new(topology: Topology) -> Self {
         Self {
             name: format!("test.{}", uuid::Uuid::new_v4().simple()),
+            topology,
         }
     }
 
@@ -101,7 +107,7 @@ impl TestExchange {
     pub async fn probe(&self, pattern: &str) -> EventProbe {
         let connection = connect().await;
         // The exchange may not exist yet if no service has connected: declare it the same way.
-        topology::declare(&connection, &self.name, 20)
+        topology::declare(&connection, &self.topology, &self.name, 20)
             .await
             .expect("declaring the topology");
         let channel = connection.create_channel().await.expect("a channel");
@@ -140,15 +146,9 @@ impl TestExchange {
     }
 }
 
-impl Default for TestExchange {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Drop for TestExchange {
     fn drop(&mut self) {
-        let name = self.name.clone();
+        let (name, topology) = (self.name.clone(), self.topology.clone());
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -157,7 +157,7 @@ impl Drop for TestExchange {
             runtime.block_on(async move {
                 let connection = connect().await;
                 let channel = connection.create_channel().await.expect("a channel");
-                if let Err(error) = topology::delete(&channel, &name).await {
+                if let Err(error) = topology::delete(&channel, &topology, &name).await {
                     eprintln!("could not delete test exchange {name}: {error}");
                 }
                 let _ = connection.close(200, "cleaned up".into()).await;

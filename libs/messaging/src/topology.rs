@@ -4,6 +4,9 @@
 //! bound to the routing keys it handles, with a delivery limit and a dead-letter exchange and
 //! queue for poison messages. The whole topology is declared by every service, not only by the
 //! consumer, so an event published before its consumer first started is queued, not dropped.
+//!
+//! Which queues exist and what they are bound to is data ([`Topology`]) given by the
+//! application (Dockyard's is `dockyard_contracts::topology()`): this crate names no service.
 
 use lapin::{
     Channel, Connection, ExchangeKind,
@@ -12,23 +15,29 @@ use lapin::{
 };
 
 /// A consumer's queue: `{exchange}.{consumer}`, bound to `bindings`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSpec {
     pub consumer: &'static str,
-    pub bindings: &'static [&'static str],
+    pub bindings: Vec<&'static str>,
 }
 
-/// Every queue of the Dockyard saga.
-pub const QUEUES: &[QueueSpec] = &[
-    QueueSpec {
-        consumer: "catalog",
-        bindings: &["order.placed", "order.cancelled"],
-    },
-    QueueSpec {
-        consumer: "order",
-        bindings: &["stock.reserved", "stock.rejected"],
-    },
-];
+/// Every queue on an exchange, and what each is bound to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub queues: Vec<QueueSpec>,
+}
+
+impl Topology {
+    /// Adds `consumer`'s queue, bound to `bindings`.
+    #[must_use]
+    pub fn queue(mut self, consumer: &'static str, bindings: &[&'static str]) -> Self {
+        self.queues.push(QueueSpec {
+            consumer,
+            bindings: bindings.to_vec(),
+        });
+        self
+    }
+}
 
 pub fn queue_name(exchange: &str, consumer: &str) -> String {
     format!("{exchange}.{consumer}")
@@ -68,6 +77,7 @@ fn text(value: &str) -> AMQPValue {
 /// new limit.
 pub async fn declare(
     connection: &Connection,
+    topology: &Topology,
     exchange: &str,
     delivery_limit: u32,
 ) -> lapin::Result<()> {
@@ -89,7 +99,7 @@ pub async fn declare(
             FieldTable::default(),
         )
         .await?;
-    for spec in QUEUES {
+    for spec in &topology.queues {
         let queue = queue_name(exchange, spec.consumer);
         let dlq = dead_letter_queue(exchange, spec.consumer);
         let mut quorum = FieldTable::default();
@@ -129,7 +139,7 @@ pub async fn declare(
                 .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                 .await?;
         }
-        for key in spec.bindings {
+        for key in &spec.bindings {
             channel
                 .queue_bind(
                     queue.as_str().into(),
@@ -146,9 +156,9 @@ pub async fn declare(
 
 /// Deletes every queue and exchange [`declare`] creates for `exchange`. For tests and for
 /// tearing down an environment; never called by a running service.
-pub async fn delete(channel: &Channel, exchange: &str) -> lapin::Result<()> {
+pub async fn delete(channel: &Channel, topology: &Topology, exchange: &str) -> lapin::Result<()> {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    for spec in QUEUES {
+    for spec in &topology.queues {
         for queue in [
             queue_name(exchange, spec.consumer),
             dead_letter_queue(exchange, spec.consumer),

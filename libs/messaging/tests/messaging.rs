@@ -11,10 +11,15 @@ use std::{
 
 use dockyard_messaging::{
     Broker, BrokerConfig, Compensation, Envelope, Handler, HandlerError, HandlerFuture,
-    OutboxRelay, Subscription, outbox,
+    OutboxRelay, Subscription, Topology, outbox,
     testing::{TestExchange, amqp_url},
     topology,
 };
+
+/// The queue these tests consume from: messaging itself names no service.
+fn test_topology() -> Topology {
+    Topology::default().queue("order", &["stock.reserved", "stock.rejected"])
+}
 use dockyard_runtime::{
     command::{DlqCommand, Selection},
     config,
@@ -86,7 +91,7 @@ impl Fixture {
         Self {
             db,
             pool,
-            exchange: TestExchange::new(),
+            exchange: TestExchange::new(test_topology()),
             shutdown: CancellationToken::new(),
         }
     }
@@ -97,7 +102,7 @@ impl Fixture {
 
     /// Starts a broker, the relay and an `order` consumer with [`RecordEffects`].
     fn start(&self, url: &str) -> Broker {
-        let broker = Broker::start(self.broker_config(url));
+        let broker = Broker::start(self.broker_config(url), test_topology());
         tokio::spawn(
             OutboxRelay::new(self.pool.clone(), broker.clone()).run(self.shutdown.clone()),
         );
@@ -411,7 +416,7 @@ async fn a_crash_looping_consumer_does_not_dead_letter_the_healthy_messages_it_h
         ])
         .unwrap()
     };
-    let publisher = Broker::start(config(&amqp_url()));
+    let publisher = Broker::start(config(&amqp_url()), test_topology());
     fixture.connected(&publisher).await;
     for _ in 0..16 {
         let event = Envelope::new("stock.reserved", Uuid::now_v7(), &());
@@ -427,7 +432,7 @@ async fn a_crash_looping_consumer_does_not_dead_letter_the_healthy_messages_it_h
         proxy.restore().await;
         let via_proxy =
             amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
-        let broker = Broker::start(config(&via_proxy));
+        let broker = Broker::start(config(&via_proxy), test_topology());
         let life = CancellationToken::new();
         let subscription = Subscription::new("order", Arc::new(NeverFinishes));
         let consumer = tokio::spawn(subscription.run(fixture.pool.clone(), broker.clone(), life));
@@ -493,7 +498,7 @@ impl Handler for FailsUntilFixed {
 async fn a_failing_event_goes_behind_the_others_then_to_the_dead_letters_and_can_be_replayed() {
     let fixture = Fixture::new().await;
     let config = fixture.broker_config(&amqp_url());
-    let broker = Broker::start(config.clone());
+    let broker = Broker::start(config.clone(), test_topology());
     let (fixed, compensations) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicUsize::new(0)),
@@ -531,9 +536,15 @@ async fn a_failing_event_goes_behind_the_others_then_to_the_dead_letters_and_can
     assert_eq!(dead, 1);
     assert_eq!(compensations.load(Ordering::SeqCst), 1, "compensated once");
     let mut listed = Vec::new();
-    dockyard_messaging::dlq::run(&config, "order", DlqCommand::List, &mut listed)
-        .await
-        .unwrap();
+    dockyard_messaging::dlq::run(
+        &config,
+        &test_topology(),
+        "order",
+        DlqCommand::List,
+        &mut listed,
+    )
+    .await
+    .unwrap();
     let listed = String::from_utf8(listed).unwrap();
     assert!(listed.contains(&flaky.id.to_string()), "{listed}");
     assert!(listed.contains("failures 5"), "{listed}");
@@ -550,7 +561,7 @@ async fn a_failing_event_goes_behind_the_others_then_to_the_dead_letters_and_can
     fixed.store(true, Ordering::SeqCst);
     let mut replayed = Vec::new();
     let replay = DlqCommand::Replay(Selection::One(flaky.id));
-    dockyard_messaging::dlq::run(&config, "order", replay, &mut replayed)
+    dockyard_messaging::dlq::run(&config, &test_topology(), "order", replay, &mut replayed)
         .await
         .unwrap();
 

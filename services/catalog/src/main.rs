@@ -24,11 +24,15 @@ async fn main() -> ExitCode {
             let result = match loaded {
                 Loaded::Migrate(database) => store::migrate(&database).await,
                 Loaded::Seed(database) => seed::run(&database).await,
-                Loaded::Dlq(broker, command) => {
-                    dockyard_messaging::dlq::run(&broker, SERVICE, command, &mut std::io::stdout())
-                        .await
-                        .map_err(Into::into)
-                }
+                Loaded::Dlq(broker, command) => dockyard_messaging::dlq::run(
+                    &broker,
+                    &dockyard_contracts::topology(),
+                    SERVICE,
+                    command,
+                    &mut std::io::stdout(),
+                )
+                .await
+                .map_err(Into::into),
                 Loaded::Serve(settings) => match Application::build(&settings) {
                     Ok(app) => app.run_until_stopped(shutdown::signal()).await,
                     Err(error) => Err(error),

@@ -37,7 +37,7 @@ impl Application {
     /// nor the broker synchronously: both are awaited in the background.
     pub fn build(settings: &Settings) -> anyhow::Result<Self> {
         let database = Database::new(settings.database.connect_lazy()?);
-        let broker = Broker::start(settings.broker.clone());
+        let broker = Broker::start(settings.broker.clone(), dockyard_contracts::topology());
         let subscription = Subscription::new(SERVICE, Arc::new(OrderEvents));
         let health = Health::new(SERVICE)
             .with_check(DatabaseCheck::new(database.clone()))

@@ -18,10 +18,10 @@
 
 use std::time::Duration;
 
+use dockyard_contracts::SagaEvent;
 use dockyard_messaging::{Compensation, Envelope, Handler, HandlerError, HandlerFuture};
 use dockyard_runtime::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter;
-use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -32,49 +32,49 @@ use crate::{
     store::{self, Total},
 };
 
-#[derive(Debug, Serialize)]
-pub struct OrderPlaced {
-    pub order_id: Uuid,
-    pub lines: Vec<Line>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct OrderCancelled {
-    pub order_id: Uuid,
-    /// Why, when it is a compensation rather than the customer's cancellation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StockReserved {
-    order_id: Uuid,
-    lines: Vec<PricedLine>,
-    total_minor: i64,
-    currency: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct PricedLine {
-    product_id: Uuid,
-    quantity: i32,
-    unit_price_minor: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct StockRejected {
-    order_id: Uuid,
-    reason: String,
-}
-
 /// The order service's handler of stock events.
 #[derive(Debug, Clone, Copy)]
 pub struct StockEvents;
 
+/// What a stock event asks of the orders table.
+enum Verdict {
+    Confirm(Uuid, Vec<Line>, Total),
+    Reject(Uuid, String),
+}
+
+/// Reads an envelope into its verdict: the payload is parsed here, once, into the contract.
+fn verdict(envelope: &Envelope) -> Result<Verdict, HandlerError> {
+    match SagaEvent::try_from(envelope) {
+        Ok(SagaEvent::StockReserved(reserved)) => {
+            let lines = reserved
+                .lines
+                .iter()
+                .map(|line| Line {
+                    product_id: line.product_id,
+                    quantity: line.quantity,
+                    unit_price_minor: Some(line.unit_price_minor),
+                })
+                .collect();
+            let total = Total {
+                amount_minor: reserved.total_minor,
+                currency: reserved.currency,
+            };
+            Ok(Verdict::Confirm(reserved.order_id, lines, total))
+        }
+        Ok(SagaEvent::StockRejected(rejected)) => {
+            Ok(Verdict::Reject(rejected.order_id, rejected.reason))
+        }
+        Ok(other) => Err(HandlerError::Permanent(format!(
+            "{} is not an event for the order service",
+            other.routing_key()
+        ))),
+        Err(error) => Err(HandlerError::Permanent(error.to_string())),
+    }
+}
+
 impl Handler for StockEvents {
     fn understands(&self, envelope: &Envelope) -> bool {
-        envelope.version == 1
-            && matches!(envelope.kind.as_str(), "stock.reserved" | "stock.rejected")
+        dockyard_contracts::understands(envelope, dockyard_contracts::ORDER)
     }
 
     fn handle<'a>(
@@ -82,69 +82,36 @@ impl Handler for StockEvents {
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
     ) -> HandlerFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let invalid = |e: serde_json::Error| HandlerError::Permanent(e.to_string());
-            let (order_id, moved) = if envelope.kind == "stock.reserved" {
-                let reserved: StockReserved = envelope.payload().map_err(invalid)?;
-                let lines: Vec<Line> = reserved
-                    .lines
-                    .iter()
-                    .map(|l| Line {
-                        product_id: l.product_id,
-                        quantity: l.quantity,
-                        unit_price_minor: Some(l.unit_price_minor),
-                    })
-                    .collect();
-                let total = Total {
-                    amount_minor: reserved.total_minor,
-                    currency: reserved.currency,
-                };
-                let moved = store::confirm(transaction, reserved.order_id, &lines, &total).await?;
-                (reserved.order_id, moved)
-            } else {
-                let rejected: StockRejected = envelope.payload().map_err(invalid)?;
-                let moved = store::reject(transaction, rejected.order_id, &rejected.reason).await?;
-                (rejected.order_id, moved)
-            };
-            if !moved {
-                tracing::info!(%order_id, kind = envelope.kind, "order no longer pending; left as it is");
-            }
-            Ok(())
-        })
+        self.handle_batch(transaction, std::slice::from_ref(envelope))
     }
 
+    /// Stock events of many orders: confirmed with one statement, rejected with another. An
+    /// order no longer pending (cancelled, or rejected by the deadline, meanwhile) is left as
+    /// it is.
     fn handle_batch<'a>(
         &'a self,
         transaction: &'a mut PgConnection,
         envelopes: &'a [Envelope],
     ) -> HandlerFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let invalid = |e: serde_json::Error| HandlerError::Permanent(e.to_string());
             let (mut confirmations, mut rejections) = (Vec::new(), Vec::new());
             for envelope in envelopes {
-                if envelope.kind == "stock.reserved" {
-                    let reserved: StockReserved = envelope.payload().map_err(invalid)?;
-                    let lines = reserved
-                        .lines
-                        .iter()
-                        .map(|l| Line {
-                            product_id: l.product_id,
-                            quantity: l.quantity,
-                            unit_price_minor: Some(l.unit_price_minor),
-                        })
-                        .collect();
-                    let total = Total {
-                        amount_minor: reserved.total_minor,
-                        currency: reserved.currency,
-                    };
-                    confirmations.push((reserved.order_id, lines, total));
-                } else {
-                    let rejected: StockRejected = envelope.payload().map_err(invalid)?;
-                    rejections.push((rejected.order_id, rejected.reason));
+                match verdict(envelope)? {
+                    Verdict::Confirm(order_id, lines, total) => {
+                        confirmations.push((order_id, lines, total));
+                    }
+                    Verdict::Reject(order_id, reason) => rejections.push((order_id, reason)),
                 }
             }
-            store::confirm_many(transaction, &confirmations).await?;
-            store::reject_many(transaction, &rejections).await?;
+            let moved = store::confirm_many(transaction, &confirmations).await?
+                + store::reject_many(transaction, &rejections).await?;
+            let left = (confirmations.len() + rejections.len()) as u64 - moved;
+            if left > 0 {
+                tracing::info!(
+                    left,
+                    "stock events for orders no longer pending; left as they are"
+                );
+            }
             Ok(())
         })
     }

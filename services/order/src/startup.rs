@@ -48,7 +48,7 @@ impl Application {
     /// Binds the listener; the database, broker and catalog are reached in the background.
     pub fn build(settings: &Settings) -> anyhow::Result<Self> {
         let database = Database::new(settings.database.connect_lazy()?);
-        let broker = Broker::start(settings.broker.clone());
+        let broker = Broker::start(settings.broker.clone(), dockyard_contracts::topology());
         let catalog = CatalogClient::new(&settings.catalog)?;
         let subscription = Subscription::new(SERVICE, Arc::new(StockEvents));
         let health = Health::new(SERVICE)

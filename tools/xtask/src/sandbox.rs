@@ -74,7 +74,12 @@ impl Sandbox {
             let connection =
                 Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
             let channel = connection.create_channel().await?;
-            dockyard_messaging::topology::delete(&channel, &self.exchange).await?;
+            dockyard_messaging::topology::delete(
+                &channel,
+                &dockyard_contracts::topology(),
+                &self.exchange,
+            )
+            .await?;
             connection.close(200, "sandbox removed".into()).await
         };
         if let Err(error) = deleted.await {

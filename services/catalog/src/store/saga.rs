@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use dockyard_contracts::{PricedLine, SagaEvent, StockRejected, StockReserved};
 use serde_json::Value;
 use sqlx::{PgConnection, types::Json};
 use uuid::Uuid;
@@ -41,9 +42,23 @@ pub struct Reservation {
 /// What the catalog knows of an order: its earlier answer, and whether it was cancelled.
 #[derive(Debug, Clone)]
 pub struct OrderSaga {
-    /// The reply already given to its placement: event type and payload.
-    pub reply: Option<(String, Value)>,
+    /// The reply already given to its placement.
+    pub reply: Option<SagaEvent>,
     pub cancelled: bool,
+}
+
+/// A stored reply, read back into its event: a row this release cannot read is an error, not
+/// an order without an answer.
+fn stored_reply(
+    kind: Option<String>,
+    payload: Option<Json<Value>>,
+) -> sqlx::Result<Option<SagaEvent>> {
+    let Some((kind, Json(payload))) = kind.zip(payload) else {
+        return Ok(None);
+    };
+    SagaEvent::from_parts(&kind, payload)
+        .map(Some)
+        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
 
 /// Locks the order's row (creating it if need be) and reads it. Every handler of the order's
@@ -60,22 +75,17 @@ pub async fn lock(transaction: &mut PgConnection, order_id: Uuid) -> sqlx::Resul
         .fetch_one(&mut *transaction)
         .await?;
     Ok(OrderSaga {
-        reply: reply_type.zip(reply.map(|Json(value)| value)),
+        reply: stored_reply(reply_type, reply)?,
         cancelled,
     })
 }
 
-/// Remembers the answer given to the order's placement.
-pub async fn record_reply(
-    transaction: &mut PgConnection,
-    order_id: Uuid,
-    kind: &str,
-    payload: &Value,
-) -> sqlx::Result<()> {
+/// Remembers `reply` as the answer given to its order's placement.
+pub async fn record_reply(transaction: &mut PgConnection, reply: &SagaEvent) -> sqlx::Result<()> {
     sqlx::query("UPDATE order_sagas SET reply_type = $2, reply = $3 WHERE order_id = $1")
-        .bind(order_id)
-        .bind(kind)
-        .bind(Json(payload))
+        .bind(reply.order_id())
+        .bind(reply.routing_key())
+        .bind(Json(reply.payload()))
         .execute(transaction)
         .await
         .map(drop)
@@ -249,27 +259,6 @@ async fn write_reservations(
     .map(drop)
 }
 
-/// Reserves every line or none. `Ok(Err(reason))` is a business refusal (not enough stock, an
-/// unknown product, mixed currencies); `Err` a database failure.
-pub async fn reserve(
-    transaction: &mut PgConnection,
-    order_id: Uuid,
-    lines: &[Wanted],
-) -> Result<Result<Reservation, String>, sqlx::Error> {
-    let wanted = match wanted(lines) {
-        Ok(wanted) => wanted,
-        Err(reason) => return Ok(Err(reason)),
-    };
-    let ids: Vec<Uuid> = wanted.keys().copied().collect();
-    let mut shelves = lock_shelves(transaction, &ids).await?;
-    let reservation = match take(&wanted, &mut shelves) {
-        Ok(reservation) => reservation,
-        Err(reason) => return Ok(Err(reason)),
-    };
-    write_reservations(transaction, &shelves, &[(order_id, &reservation)]).await?;
-    Ok(Ok(reservation))
-}
-
 /// A placement to answer, as [`answer_many`] takes it.
 #[derive(Debug, Clone)]
 pub struct Placement {
@@ -277,13 +266,27 @@ pub struct Placement {
     pub lines: Vec<Wanted>,
 }
 
-/// The answer to one placement: an event type and its payload.
-pub type Answer = (String, Value);
+/// `stock.reserved` for what `reservation` took.
+fn reserved_answer(order_id: Uuid, reservation: Reservation) -> SagaEvent {
+    SagaEvent::StockReserved(StockReserved {
+        order_id,
+        lines: reservation
+            .lines
+            .iter()
+            .map(|line| PricedLine {
+                product_id: line.product_id,
+                quantity: line.quantity,
+                unit_price_minor: line.unit_price_minor,
+            })
+            .collect(),
+        total_minor: reservation.total_minor,
+        currency: reservation.currency,
+    })
+}
 
-/// What [`answer_many`] needs to know to build an answer.
-pub trait Answers {
-    fn reserved(&self, order_id: Uuid, reservation: &Reservation) -> Answer;
-    fn rejected(&self, order_id: Uuid, reason: String) -> Answer;
+/// `stock.rejected`, saying why.
+pub fn rejected_answer(order_id: Uuid, reason: String) -> SagaEvent {
+    SagaEvent::StockRejected(StockRejected { order_id, reason })
 }
 
 /// An order's saga as `answer_many` reads it.
@@ -303,8 +306,7 @@ struct SagaRow {
 pub async fn answer_many(
     transaction: &mut PgConnection,
     placements: &[Placement],
-    answers: &impl Answers,
-) -> sqlx::Result<Vec<(Uuid, Answer)>> {
+) -> sqlx::Result<Vec<SagaEvent>> {
     let mut ids: Vec<Uuid> = placements.iter().map(|p| p.order_id).collect();
     ids.sort_unstable();
     let rows: Vec<SagaRow> = sqlx::query_as(
@@ -315,17 +317,14 @@ pub async fn answer_many(
     .bind(&ids)
     .fetch_all(&mut *transaction)
     .await?;
-    let known: BTreeMap<Uuid, OrderSaga> = rows
-        .into_iter()
-        .map(|row| {
-            let reply = row.reply_type.zip(row.reply.map(|Json(value)| value));
-            let saga = OrderSaga {
-                reply,
-                cancelled: row.cancelled,
-            };
-            (row.order_id, saga)
-        })
-        .collect();
+    let mut known: BTreeMap<Uuid, OrderSaga> = BTreeMap::new();
+    for row in rows {
+        let saga = OrderSaga {
+            reply: stored_reply(row.reply_type, row.reply)?,
+            cancelled: row.cancelled,
+        };
+        known.insert(row.order_id, saga);
+    }
     let mut to_reserve = Vec::new();
     let mut products = std::collections::BTreeSet::new();
     for placement in placements {
@@ -354,25 +353,31 @@ pub async fn answer_many(
     for placement in placements {
         let id = placement.order_id;
         let answer = match (known.get(&id), decided.remove(&id)) {
-            (_, Some(Ok(reservation))) => answers.reserved(id, &reservation),
-            (_, Some(Err(reason))) => answers.rejected(id, reason),
+            (_, Some(Ok(reservation))) => reserved_answer(id, reservation),
+            (_, Some(Err(reason))) => {
+                tracing::info!(order_id = %id, reason, "stock not reserved");
+                rejected_answer(id, reason)
+            }
             (
                 Some(OrderSaga {
                     reply: Some(reply), ..
                 }),
                 None,
-            ) => reply.clone(),
-            _ => answers.rejected(id, "the order was cancelled".to_owned()),
+            ) => {
+                tracing::info!(order_id = %id, kind = reply.routing_key(), "placement seen before: the same answer again");
+                reply.clone()
+            }
+            _ => rejected_answer(id, "the order was cancelled".to_owned()),
         };
         if known
             .get(&id)
             .is_some_and(|s| s.reply.is_none() && !s.cancelled)
         {
             new_ids.push(id);
-            new_kinds.push(answer.0.clone());
-            new_payloads.push(Json(answer.1.clone()));
+            new_kinds.push(answer.routing_key());
+            new_payloads.push(Json(answer.payload()));
         }
-        out.push((id, answer));
+        out.push(answer);
     }
     if !new_ids.is_empty() {
         sqlx::query(

@@ -39,7 +39,7 @@ async fn ready_checks_the_database_and_the_broker() {
 #[tokio::test]
 async fn the_service_starts_without_its_database_and_reports_not_ready() {
     // Nothing listens on port 1: the database is "not up yet".
-    let exchange = TestExchange::new();
+    let exchange = TestExchange::new(dockyard_contracts::topology());
     let settings = settings("postgres://postgres@127.0.0.1:1/nothing", &exchange);
     let (address, _stop) = start(&settings);
     let client = client();
@@ -67,7 +67,7 @@ async fn the_service_starts_without_its_database_and_reports_not_ready() {
 
 #[tokio::test]
 async fn a_database_outage_is_a_503_with_retry_after_not_a_500() {
-    let exchange = TestExchange::new();
+    let exchange = TestExchange::new(dockyard_contracts::topology());
     let settings = settings("postgres://postgres@127.0.0.1:1/nothing", &exchange);
     let (address, _stop) = start(&settings);
 

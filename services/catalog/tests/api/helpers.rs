@@ -50,7 +50,7 @@ pub fn settings(database_url: &str, exchange: &TestExchange) -> Settings {
 /// Starts a catalog on a migrated fresh database.
 pub async fn spawn_app() -> TestApp {
     let db = TestDatabase::create("catalog").await;
-    let exchange = TestExchange::new();
+    let exchange = TestExchange::new(dockyard_contracts::topology());
     let settings = settings(db.url(), &exchange);
     store::migrate(&settings.database)
         .await

@@ -187,7 +187,7 @@ async fn wait_until_ready(port: u16) {
 async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() {
     // Arrange: a served catalog whose products table is locked, so a listing hangs in flight.
     let db = TestDatabase::create("catalog").await;
-    let exchange = TestExchange::new();
+    let exchange = TestExchange::new(dockyard_contracts::topology());
     let amqp = amqp_url();
     let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
     assert!(run(&env, &["migrate"]).await.status.success());

@@ -303,9 +303,15 @@ async fn a_release_past_the_stock_limit_is_dead_lettered_recorded_and_blocks_not
     let broker = crate::helpers::settings(app.db.url(), &app.exchange).broker;
     let mut output = Vec::new();
     let replay = DlqCommand::Replay(Selection::All);
-    dockyard_messaging::dlq::run(&broker, "catalog", replay, &mut output)
-        .await
-        .unwrap();
+    dockyard_messaging::dlq::run(
+        &broker,
+        &dockyard_contracts::topology(),
+        "catalog",
+        replay,
+        &mut output,
+    )
+    .await
+    .unwrap();
     assert!(String::from_utf8_lossy(&output).contains("1 dead letter(s) replayed"));
     let mut stock = 0;
     for _ in 0..100 {

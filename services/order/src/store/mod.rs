@@ -8,6 +8,7 @@ mod placer;
 use std::time::Duration;
 
 use anyhow::Context;
+use dockyard_contracts::{OrderCancelled, OrderLine, OrderPlaced, SagaEvent};
 use dockyard_messaging::{Envelope, outbox};
 use dockyard_runtime::database::{self, Database, DatabaseConfig};
 use serde::Serialize;
@@ -18,7 +19,6 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Line, NewOrder, Status},
-    events::{OrderCancelled, OrderPlaced},
     migrators,
 };
 
@@ -52,7 +52,7 @@ pub struct Total {
 struct OrderRow {
     id: Uuid,
     customer_id: Uuid,
-    status: String,
+    status: Status,
     reason: Option<String>,
     lines: Json<Vec<Line>>,
     total_minor: Option<i64>,
@@ -66,7 +66,7 @@ impl From<OrderRow> for Order {
         Self {
             id: row.id,
             customer_id: row.customer_id,
-            status: Status::parse(&row.status).unwrap_or(Status::Pending),
+            status: row.status,
             reason: row.reason,
             lines: row.lines.0,
             total: row
@@ -168,11 +168,7 @@ impl OrderStore {
             created_at: now,
             updated_at: now,
         };
-        let placed = OrderPlaced {
-            order_id: created.id,
-            lines: created.lines.clone(),
-        };
-        let event = Envelope::new("order.placed", created.id, &placed);
+        let event = placed_event(created.id, &created.lines);
         let (answer, answered) = tokio::sync::oneshot::channel();
         let placement = placer::Placement {
             key: key.to_owned(),
@@ -235,12 +231,12 @@ impl OrderStore {
         self.database
             .run(move |pool| async move {
                 let mut transaction = pool.begin().await?;
-                let status: Option<String> =
+                let status: Option<Status> =
                     sqlx::query_scalar("SELECT status FROM orders WHERE id = $1 FOR UPDATE")
                         .bind(id)
                         .fetch_optional(&mut *transaction)
                         .await?;
-                let status = match status.as_deref().and_then(Status::parse) {
+                let status = match status {
                     None => return Ok(Err(StoreError::NotFound(id))),
                     Some(status) if !status.can_cancel() => {
                         return Ok(Err(StoreError::IllegalTransition(status)));
@@ -253,8 +249,8 @@ impl OrderStore {
                 .bind(id)
                 .fetch_one(&mut *transaction)
                 .await?;
-                let cancelled = OrderCancelled { order_id: id, reason: None };
-                outbox::enqueue(&mut transaction, &Envelope::new("order.cancelled", id, &cancelled)).await?;
+                let cancelled = SagaEvent::OrderCancelled(OrderCancelled { order_id: id, reason: None });
+                outbox::enqueue(&mut transaction, &cancelled.envelope()).await?;
                 transaction.commit().await?;
                 tracing::info!(was = status.as_str(), "order cancelled");
                 Ok::<_, sqlx::Error>(Ok(Order::from(row)))
@@ -263,30 +259,8 @@ impl OrderStore {
     }
 }
 
-/// The saga's verdict on a pending order: `stock.reserved` confirms it at the catalog's
-/// prices. `false` when the order was no longer pending (left as it is).
-pub async fn confirm(
-    transaction: &mut PgConnection,
-    order_id: Uuid,
-    lines: &[Line],
-    total: &Total,
-) -> sqlx::Result<bool> {
-    let moved = sqlx::query(
-        "UPDATE orders SET status = 'confirmed', lines = $2, total_minor = $3, currency = $4,
-                           reason = NULL, updated_at = now()
-         WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(order_id)
-    .bind(Json(lines))
-    .bind(total.amount_minor)
-    .bind(&total.currency)
-    .execute(transaction)
-    .await?
-    .rows_affected();
-    Ok(moved == 1)
-}
-
-/// [`confirm`] for many orders with one statement; returns how many moved.
+/// The saga's verdict on pending orders: `stock.reserved` confirms each at the catalog's
+/// prices, with one statement; returns how many moved (an order no longer pending is left).
 pub async fn confirm_many(
     transaction: &mut PgConnection,
     confirmations: &[(Uuid, Vec<Line>, Total)],
@@ -368,16 +342,24 @@ pub async fn reject_and_compensate(
     if !reject(transaction, order_id, reason).await? {
         return Ok(false);
     }
-    let cancelled = OrderCancelled {
+    let cancelled = SagaEvent::OrderCancelled(OrderCancelled {
         order_id,
         reason: Some(reason.to_owned()),
-    };
-    outbox::enqueue(
-        transaction,
-        &Envelope::new("order.cancelled", order_id, &cancelled),
-    )
-    .await?;
+    });
+    outbox::enqueue(transaction, &cancelled.envelope()).await?;
     Ok(true)
+}
+
+/// `order.placed` for an order of `lines`.
+fn placed_event(order_id: Uuid, lines: &[Line]) -> Envelope {
+    let lines = lines
+        .iter()
+        .map(|line| OrderLine {
+            product_id: line.product_id,
+            quantity: line.quantity,
+        })
+        .collect();
+    SagaEvent::OrderPlaced(OrderPlaced { order_id, lines }).envelope()
 }
 
 /// A due order: id, lines, placements so far, the id of its `order.placed`.
@@ -413,7 +395,7 @@ pub async fn sweep_due(
     .fetch_all(&mut *transaction)
     .await?;
     let mut done = Vec::with_capacity(due.len());
-    for (order_id, Json(lines), placements, placed_event) in due {
+    for (order_id, Json(lines), placements, placed_id) in due {
         let republications = u32::try_from(placements).unwrap_or(1).saturating_sub(1);
         if republications < republish {
             sqlx::query(
@@ -427,17 +409,12 @@ pub async fn sweep_due(
             .await?;
             // The same event again: a catalog that handled it ignores it (no second answer to
             // load the saga while it is merely slow); one that never got it answers now.
-            let again = match placed_event {
+            let again = match placed_id {
                 Some(event) => outbox::publish_again(&mut transaction, event).await?,
                 None => false,
             };
             if !again {
-                let placed = OrderPlaced { order_id, lines };
-                outbox::enqueue(
-                    &mut transaction,
-                    &Envelope::new("order.placed", order_id, &placed),
-                )
-                .await?;
+                outbox::enqueue(&mut transaction, &placed_event(order_id, &lines)).await?;
             }
             done.push((order_id, Deadline::Republished));
         } else {

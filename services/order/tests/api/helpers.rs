@@ -134,7 +134,7 @@ pub async fn databases() -> (TestDatabase, TestDatabase) {
 /// Catalog and order, both up, on the real broker.
 pub async fn spawn_platform() -> Platform {
     let (catalog_db, order_db) = databases().await;
-    let exchange = TestExchange::new();
+    let exchange = TestExchange::new(dockyard_contracts::topology());
     let catalog = start_catalog(&catalog_db, &exchange);
     let order = start_order(&order_db, &exchange, &amqp_url(), &catalog.address);
     Platform {

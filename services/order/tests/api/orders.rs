@@ -241,3 +241,20 @@ async fn orders_are_listed_per_customer_with_a_cursor() {
         .unwrap();
     problem(unknown, 404).await;
 }
+
+#[tokio::test]
+async fn an_order_status_is_read_from_the_database_exactly_or_not_at_all() {
+    let db = dockyard_testkit::TestDatabase::create("order").await;
+    let pool = db.pool().await;
+    let confirmed: order::domain::Status = sqlx::query_scalar("SELECT 'confirmed'::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(confirmed, order::domain::Status::Confirmed);
+    // A status this release does not know is an error, never taken for `pending`.
+    let unknown = sqlx::query_scalar::<_, order::domain::Status>("SELECT 'shipped'::text")
+        .fetch_one(&pool)
+        .await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    pool.close().await;
+}

@@ -87,7 +87,7 @@ async fn an_order_nobody_answers_is_republished_then_rejected_for_timeout_and_co
     let db = dockyard_testkit::TestDatabase::create("order").await;
     let migrated = run(&[("DATABASE_URL", db.url())], &["migrate"]).await;
     assert!(migrated.status.success());
-    let exchange = TestExchange::new();
+    let exchange = TestExchange::new(dockyard_contracts::topology());
     let mut placements = exchange.probe("order.placed").await;
     let mut cancellations = exchange.probe("order.cancelled").await;
     let port = free_port().to_string();

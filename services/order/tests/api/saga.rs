@@ -124,7 +124,7 @@ async fn fifty_concurrent_orders_for_ten_in_stock_confirm_exactly_ten() {
 #[tokio::test]
 async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_returns() {
     let (catalog_db, order_db) = databases().await;
-    let exchange = dockyard_messaging::testing::TestExchange::new();
+    let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
     let catalog = start_catalog(&catalog_db, &exchange);
     let proxy = TcpProxy::down("127.0.0.1:5672".parse().unwrap()).await;
     let via_proxy = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
@@ -182,7 +182,7 @@ async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_re
 #[tokio::test]
 async fn with_the_catalog_down_orders_are_accepted_unpriced_and_confirmed_when_it_returns() {
     let (catalog_db, order_db) = databases().await;
-    let exchange = dockyard_messaging::testing::TestExchange::new();
+    let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
     // Create the product, then stop the catalog entirely (HTTP and consumer).
     let catalog = start_catalog(&catalog_db, &exchange);
     let seeded = Platform::product_via(&catalog.address, "MUG", 10).await;
@@ -227,7 +227,7 @@ async fn with_the_catalog_down_orders_are_accepted_unpriced_and_confirmed_when_i
 #[tokio::test]
 async fn an_answer_that_cannot_be_applied_rejects_the_order_and_releases_its_stock() {
     let (catalog_db, order_db) = databases().await;
-    let exchange = dockyard_messaging::testing::TestExchange::new();
+    let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
     // No catalog: this test plays it, with an answer the order's table refuses.
     let order = start_order(&order_db, &exchange, &amqp_url(), "http://127.0.0.1:9");
     let platform = Platform {
@@ -276,7 +276,7 @@ async fn an_answer_that_cannot_be_applied_rejects_the_order_and_releases_its_sto
 #[tokio::test]
 async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_one_order() {
     let (catalog_db, order_db) = databases().await;
-    let exchange = dockyard_messaging::testing::TestExchange::new();
+    let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
     let catalog = start_catalog(&catalog_db, &exchange);
     let mug = Platform::product_via(&catalog.address, "MUG", 100).await;
     let catalog_url = catalog.address.clone();
@@ -359,7 +359,7 @@ async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_
 #[tokio::test]
 async fn the_pricing_breaker_state_is_a_metric_and_opens_when_the_catalog_fails() {
     let (catalog_db, order_db) = databases().await;
-    let exchange = dockyard_messaging::testing::TestExchange::new();
+    let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
     // Nothing listens there: every pricing call fails at once.
     let order = start_order(&order_db, &exchange, &amqp_url(), "http://127.0.0.1:9");
     let platform = Platform {
