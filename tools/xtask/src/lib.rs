@@ -21,6 +21,7 @@
 //! - [`chaos`]: the fault suite.
 //! - [`saga_bench`]: the saga's benchmark.
 
+pub mod catalog_bench;
 pub mod chaos;
 pub mod conformance;
 pub mod database;

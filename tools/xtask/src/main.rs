@@ -53,6 +53,22 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// The catalog's `GET /products/{id}` against `pgbench -S` on the same PostgreSQL, in one
+    /// run (`bench/catalog.sh`).
+    CatalogBench {
+        /// Seconds per pass.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections of both load generators (and the catalog's pool size).
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// The catalog's `HTTP_WORKERS`.
+        #[arg(long, default_value_t = 2)]
+        http_workers: usize,
+        /// Where the service binaries are (default: target/release).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+    },
     /// The order saga at saturation, at 80 % and at 2× its capacity, on a platform of its own;
     /// prints orders/s, placement→confirmed latency and the invariants (`bench/saga.sh`).
     SagaBench {
@@ -127,24 +143,28 @@ async fn main() -> ExitCode {
             };
             up(options, release).await
         }
-        Task::Conformance { release } => {
-            match xtask::conformance::run(stack::bin_dir(release)).await {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("conformance: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Task::Conformance { release } => verdict(
+            "conformance",
+            xtask::conformance::run(stack::bin_dir(release)).await,
+        ),
+        Task::Chaos { release } => {
+            verdict("chaos", xtask::chaos::run(stack::bin_dir(release)).await)
         }
-        Task::Chaos { release } => match xtask::chaos::run(stack::bin_dir(release)).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(error) => {
-                eprintln!("chaos: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Task::CatalogBench {
+            seconds,
+            connections,
+            http_workers,
+            bin_dir,
+        } => {
+            let options = xtask::catalog_bench::Options {
+                seconds: seconds.max(1),
+                connections: connections.max(1),
+                http_workers: http_workers.max(1),
+                bin_dir: bin_dir.unwrap_or_else(|| stack::bin_dir(true)),
+            };
+            let ran = xtask::catalog_bench::run(options).await;
+            verdict("catalog-bench", ran.map(|()| true))
+        }
         Task::SagaBench {
             seconds,
             concurrency,
@@ -157,14 +177,7 @@ async fn main() -> ExitCode {
                 bin_dir: stack::bin_dir(release),
                 capacity,
             };
-            match xtask::saga_bench::run(options).await {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("saga-bench: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            verdict("saga-bench", xtask::saga_bench::run(options).await)
         }
         Task::Load {
             gateway,
@@ -185,6 +198,18 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The exit code of a task that passes (`Ok(true)`), fails its checks, or cannot run.
+fn verdict(task: &str, outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("{task}: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

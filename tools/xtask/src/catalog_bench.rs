@@ -1,0 +1,156 @@
+//! The catalog's read path against its ceiling: `GET /products/{id}` on one catalog instance
+//! (release build, 2 HTTP workers) driven by `wrk -t2 -c32`, and `pgbench -S -c32 -j2` (the
+//! same kind of single-row primary-key read, with no HTTP at all) on the same PostgreSQL, in
+//! one run. Prints both rates and their ratio (`bench/catalog.sh`).
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{database, sandbox::Sandbox, stack};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seconds: u64,
+    pub connections: usize,
+    pub http_workers: usize,
+    pub bin_dir: PathBuf,
+}
+
+/// Runs both passes and prints the comparison.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let sandbox = Sandbox::new("catalogbench");
+    let pgbench_db = format!("{}_pgbench", sandbox.catalog_database);
+    let result = run_in(&sandbox, &pgbench_db, &options).await;
+    if let Err(error) = database::drop(&sandbox.server_url, &pgbench_db).await {
+        eprintln!("could not drop database {pgbench_db}: {error:#}");
+    }
+    sandbox.cleanup().await;
+    result
+}
+
+async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyhow::Result<()> {
+    let mut stack_options = sandbox.options(1, options.bin_dir.clone());
+    stack_options.service_env = vec![
+        ("DATABASE_MAX_CONNECTIONS", options.connections.to_string()),
+        ("HTTP_WORKERS", options.http_workers.to_string()),
+    ];
+    let platform = stack::Stack::start(stack_options).await?;
+    let catalog = platform
+        .url_of("catalog-1")
+        .context("no catalog instance")?;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{catalog}/products"))
+        .json(&json!({
+            "sku": format!("READ-{}", Uuid::new_v4().simple()),
+            "name": "Read bench",
+            "price": {"amount_minor": 250, "currency": "EUR"},
+            "stock": 10,
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = created["id"].as_str().context("a product id")?;
+    let url = format!("{catalog}/products/{id}");
+    let connections = options.connections.to_string();
+    let duration = format!("{}s", options.seconds);
+    // Warm-up: pools filled, caches hot.
+    output("wrk", &["-t2", &format!("-c{connections}"), "-d2s", &url])?;
+    let wrk = output(
+        "wrk",
+        &[
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{duration}"),
+            "--latency",
+            &url,
+        ],
+    )?;
+    let http = number_after(&wrk, "Requests/sec:").context("wrk printed no Requests/sec")?;
+    let http_p99 = wrk
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("99%"))
+        .map_or_else(|| "?".to_owned(), |p| p.trim().to_owned());
+    platform.stop().await;
+
+    database::ensure(&sandbox.server_url, pgbench_db).await?;
+    let pg_url = database::url_of(&sandbox.server_url, pgbench_db)?;
+    output("pgbench", &["-i", "-q", "-s", "10", &pg_url])?;
+    let seconds = options.seconds.to_string();
+    let pgbench = output(
+        "pgbench",
+        &[
+            "-S",
+            "-n",
+            "-c",
+            &connections,
+            "-j",
+            "2",
+            "-T",
+            &seconds,
+            &pg_url,
+        ],
+    )?;
+    let tps = pgbench
+        .lines()
+        .find(|line| line.starts_with("tps = "))
+        .and_then(|line| number_after(line, "tps = "))
+        .context("pgbench printed no tps")?;
+
+    println!();
+    println!("{:<44} {:>12} {:>10}", "read", "per second", "p99");
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        format!("catalog GET /products/{{id}} (wrk -t2 -c{connections})"),
+        http,
+        http_p99
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        format!("pgbench -S -c{connections} -j2"),
+        tps,
+        ""
+    );
+    println!("ratio catalog / pgbench: {:.2}", http / tps);
+    Ok(())
+}
+
+/// Runs `program` to completion; its standard output.
+fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} (is it installed?)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The number that follows `label` in `text`.
+fn number_after(text: &str, label: &str) -> Option<f64> {
+    let rest = &text[text.find(label)? + label.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_read_from_wrk_and_pgbench_output() {
+        let wrk = "  2 threads and 32 connections\nRequests/sec:  12345.67\nTransfer/sec: 3MB\n";
+        assert_eq!(number_after(wrk, "Requests/sec:"), Some(12_345.67));
+        let pgbench =
+            "latency average = 2.1 ms\ntps = 14712.345678 (without initial connection time)\n";
+        assert_eq!(number_after(pgbench, "tps = "), Some(14_712.345_678));
+        assert_eq!(number_after(pgbench, "nothing"), None);
+    }
+}
