@@ -252,6 +252,12 @@ impl OutboxRelay {
         let channel = self.confirm_channel().await?;
         let exchange = self.broker.config().amqp_exchange.clone();
         let mut transaction = self.pool.begin().await?;
+        // Marking rows sent need not wait for the WAL to reach the disk: if the server loses
+        // this commit, the rows are published again, and consumers de-duplicate by event id.
+        // It saves a disk flush on every round of the relay, on the saga's critical path.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *transaction)
+            .await?;
         let rows: Vec<(Uuid, String, Json<Envelope>)> = sqlx::query_as(
             "SELECT id, routing_key, envelope FROM outbox
              WHERE published_at IS NULL
