@@ -11,7 +11,9 @@
 //! retry budget allows it and the overall deadline has time left. When no instance accepts a
 //! connection (the only one is restarting), a retryable request waits for one, trying again
 //! with back-off for up to `UPSTREAM_WAIT_FOR_INSTANCE_MS`: a refused connection never reached
-//! the service, so those tries cost no attempt and no budget. Errors are problem+json:
+//! the service, so those tries cost no attempt and no budget; a kept-alive connection the
+//! stopping instance dropped without an answer counts as an attempt, and the request still
+//! waits for the instance with the attempts it has left. Errors are problem+json:
 //! upstream unreachable 502, upstream too slow 504.
 //!
 //! **What counts against an upstream** (its pool's breaker, its endpoint's passive health,
@@ -336,12 +338,14 @@ impl Call<'_> {
         budget.deposit();
         while sent < self.attempts {
             let Some(endpoint) = Pool::pick(&endpoints, &tried, Instant::now()) else {
-                // Every endpoint was tried. If none even accepted a connection, wait for one
-                // to come back (a restart) and try them all again.
-                let refused_only = sent == 0 && matches!(last, Failure::Unreachable);
+                // Every endpoint was tried. If none answered (refused, or dropped a connection
+                // without a response: a kept-alive one to an instance that has just stopped),
+                // wait for one to come back (a restart) and try them all again; retries still
+                // count against the attempts and the budget.
+                let unreachable = matches!(last, Failure::Unreachable);
                 let backoff = full_jitter(waits, WAIT_BACKOFF_MIN, WAIT_BACKOFF_MAX);
                 let now = tokio::time::Instant::now();
-                if !refused_only
+                if !unreachable
                     || matches!(body, Body::Streamed(_))
                     || now + backoff >= waiting_ends.min(deadline)
                 {
