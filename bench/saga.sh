@@ -13,4 +13,6 @@ SECONDS_PER_PASS=${SECONDS_PER_PASS:-60}
 CONCURRENCY=${CONCURRENCY:-64}
 
 cargo build --release -q -p catalog -p order -p gateway
-cargo xtask saga-bench --release --seconds "$SECONDS_PER_PASS" --concurrency "$CONCURRENCY" "$@"
+# The load generator is built in release mode too: a debug build took a fifth of the two
+# cores the platform under test needs (perf, 2026-11-25).
+cargo run --release -q -p xtask -- saga-bench --release --seconds "$SECONDS_PER_PASS" --concurrency "$CONCURRENCY" "$@"

@@ -34,7 +34,7 @@ pub struct AdmissionConfig {
 }
 
 fn default_backlog() -> i64 {
-    100
+    200
 }
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(25);
