@@ -6,10 +6,8 @@
 use std::{path::PathBuf, process::Command};
 
 use anyhow::Context;
-use serde_json::{Value, json};
-use uuid::Uuid;
 
-use crate::{database, sandbox::Sandbox, stack};
+use crate::{database, products, sandbox::Sandbox, stack};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -42,20 +40,8 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
     let catalog = platform
         .url_of("catalog-1")
         .context("no catalog instance")?;
-    let created: Value = reqwest::Client::new()
-        .post(format!("{catalog}/products"))
-        .json(&json!({
-            "sku": format!("READ-{}", Uuid::new_v4().simple()),
-            "name": "Read bench",
-            "price": {"amount_minor": 250, "currency": "EUR"},
-            "stock": 10,
-        }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let id = created["id"].as_str().context("a product id")?;
+    let ids = products::create(&format!("{catalog}/products"), "Read", 1, 250, 10).await?;
+    let id = ids.first().context("a product id")?;
     let url = format!("{catalog}/products/{id}");
     let connections = options.connections.to_string();
     let duration = format!("{}s", options.seconds);

@@ -31,7 +31,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, options::BasicPub
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{database, sandbox::Sandbox, stack};
+use crate::{database, products, sandbox::Sandbox, stack};
 
 /// How long an order may stay pending before it is re-published: short, to finish quickly,
 /// but longer than a fault lasts, so that only orders the saga lost would time out.
@@ -132,7 +132,14 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
     ];
     let mut platform = stack::Stack::start(options).await?;
     let gateway = platform.gateway_url.clone();
-    let products = create_products(&gateway).await?;
+    let products = products::create(
+        &format!("{gateway}/api/catalog/products"),
+        "Chaos",
+        PRODUCTS,
+        100,
+        STOCK,
+    )
+    .await?;
 
     let counters = Arc::new(Counters::default());
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -282,29 +289,6 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
         println!("\ninstance logs kept in {}", log_file.display());
     }
     Ok(held)
-}
-
-async fn create_products(gateway: &str) -> anyhow::Result<Vec<String>> {
-    let client = reqwest::Client::new();
-    let mut ids = Vec::new();
-    for n in 0..PRODUCTS {
-        let body = json!({
-            "sku": format!("CHAOS-{n}-{}", Uuid::new_v4().simple()),
-            "name": format!("Chaos product {n}"),
-            "price": {"amount_minor": 100, "currency": "EUR"},
-            "stock": STOCK,
-        });
-        let created: Value = client
-            .post(format!("{gateway}/api/catalog/products"))
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        ids.push(created["id"].as_str().context("a product id")?.to_owned());
-    }
-    Ok(ids)
 }
 
 /// A customer: places orders (each retried with its key for up to `CLIENT_PATIENCE`), and

@@ -27,6 +27,7 @@ pub mod conformance;
 pub mod database;
 pub mod load;
 pub mod logs;
+pub mod products;
 pub mod saga_bench;
 pub mod sandbox;
 pub mod stack;

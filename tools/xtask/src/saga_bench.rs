@@ -31,10 +31,10 @@ use std::{
 };
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::{database, sandbox::Sandbox, stack};
+use crate::{database, products, sandbox::Sandbox, stack};
 
 const PRODUCTS: usize = 100;
 /// How long a saturation client waits after a 503 before its next order.
@@ -82,7 +82,14 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
     ];
     let platform = stack::Stack::start(stack_options).await?;
     let order = platform.url_of("order-1").context("no order instance")?;
-    let products = create_products(&platform.gateway_url).await?;
+    let products = products::create(
+        &format!("{}/api/catalog/products", platform.gateway_url),
+        "Bench",
+        PRODUCTS,
+        250,
+        STOCK,
+    )
+    .await?;
     let orders_db = sqlx::PgPool::connect(&database::url_of(
         &sandbox.server_url,
         &sandbox.order_database,
@@ -132,7 +139,14 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
     orders_db.close().await;
     catalog_db.close().await;
     platform.stop().await;
+    print_report(&passes, &checks);
+    Ok(checks
+        .iter()
+        .all(|(_, expected, observed)| expected == observed))
+}
 
+/// The passes and the invariants, as tables.
+fn print_report(passes: &[Pass], checks: &[(&'static str, i64, i64)]) {
     println!(
         "\n{:<18} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8}",
         "pass",
@@ -146,7 +160,7 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
         "max ms",
         "backlog"
     );
-    for pass in &passes {
+    for pass in passes {
         println!(
             "{:<18} {:>9} {:>9.0} {:>9.0} {:>7} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>8}",
             pass.name,
@@ -166,38 +180,12 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
         "\n{:<44} {:>12} {:>12}  holds",
         "invariant", "expected", "observed"
     );
-    for (name, expected, observed) in &checks {
+    for (name, expected, observed) in checks {
         println!(
             "{name:<44} {expected:>12} {observed:>12}  {}",
             if expected == observed { "yes" } else { "NO" }
         );
     }
-    Ok(checks
-        .iter()
-        .all(|(_, expected, observed)| expected == observed))
-}
-
-async fn create_products(gateway: &str) -> anyhow::Result<Vec<String>> {
-    let client = reqwest::Client::new();
-    let mut ids = Vec::with_capacity(PRODUCTS);
-    for n in 0..PRODUCTS {
-        let body = json!({
-            "sku": format!("BENCH-{n}-{}", Uuid::new_v4().simple()),
-            "name": format!("Bench product {n}"),
-            "price": {"amount_minor": 250, "currency": "EUR"},
-            "stock": STOCK,
-        });
-        let created: Value = client
-            .post(format!("{gateway}/api/catalog/products"))
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        ids.push(created["id"].as_str().context("a product id")?.to_owned());
-    }
-    Ok(ids)
 }
 
 /// Answers counted by a load pass.

@@ -137,14 +137,7 @@ pub async fn spawn_platform() -> Platform {
     let exchange = TestExchange::new(dockyard_contracts::topology());
     let catalog = start_catalog(&catalog_db, &exchange);
     let order = start_order(&order_db, &exchange, &amqp_url(), &catalog.address);
-    Platform {
-        client: reqwest::Client::new(),
-        exchange,
-        catalog_db,
-        order_db,
-        catalog: Some(catalog),
-        order,
-    }
+    Platform::new(exchange, (catalog_db, order_db), Some(catalog), order)
 }
 
 pub fn order_body(customer_id: Uuid, lines: &[(&str, i64)]) -> Value {
@@ -156,6 +149,23 @@ pub fn order_body(customer_id: Uuid, lines: &[(&str, i64)]) -> Value {
 }
 
 impl Platform {
+    /// The platform made of these parts (`catalog` is `None` while a test keeps it down).
+    pub fn new(
+        exchange: TestExchange,
+        (catalog_db, order_db): (TestDatabase, TestDatabase),
+        catalog: Option<Running>,
+        order: Running,
+    ) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            exchange,
+            catalog_db,
+            order_db,
+            catalog,
+            order,
+        }
+    }
+
     pub fn catalog_address(&self) -> &str {
         &self
             .catalog

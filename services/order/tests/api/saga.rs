@@ -129,14 +129,7 @@ async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_re
     let proxy = TcpProxy::down("127.0.0.1:5672".parse().unwrap()).await;
     let via_proxy = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
     let order = start_order(&order_db, &exchange, &via_proxy, &catalog.address);
-    let platform = Platform {
-        client: reqwest::Client::new(),
-        exchange,
-        catalog_db,
-        order_db,
-        catalog: Some(catalog),
-        order,
-    };
+    let platform = Platform::new(exchange, (catalog_db, order_db), Some(catalog), order);
     let mug = platform.product("MUG", 10).await;
 
     let ids = [
@@ -189,14 +182,7 @@ async fn with_the_catalog_down_orders_are_accepted_unpriced_and_confirmed_when_i
     let dead_catalog_url = catalog.address.clone();
     catalog.stop().await;
     let order = start_order(&order_db, &exchange, &amqp_url(), &dead_catalog_url);
-    let mut platform = Platform {
-        client: reqwest::Client::new(),
-        exchange,
-        catalog_db,
-        order_db,
-        catalog: None,
-        order,
-    };
+    let mut platform = Platform::new(exchange, (catalog_db, order_db), None, order);
 
     let response = platform
         .place("while-down", &order_body(Uuid::now_v7(), &[(&seeded, 2)]))
@@ -230,14 +216,7 @@ async fn an_answer_that_cannot_be_applied_rejects_the_order_and_releases_its_sto
     let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
     // No catalog: this test plays it, with an answer the order's table refuses.
     let order = start_order(&order_db, &exchange, &amqp_url(), "http://127.0.0.1:9");
-    let platform = Platform {
-        client: reqwest::Client::new(),
-        exchange,
-        catalog_db,
-        order_db,
-        catalog: None,
-        order,
-    };
+    let platform = Platform::new(exchange, (catalog_db, order_db), None, order);
     let mut compensations = platform.exchange.probe("order.cancelled").await;
     let id = platform
         .place_ok(&order_body(
@@ -289,14 +268,7 @@ async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_
         &catalog_url,
         &[("ORDER_ADMISSION_BACKLOG", "3")],
     );
-    let mut platform = Platform {
-        client: reqwest::Client::new(),
-        exchange,
-        catalog_db,
-        order_db,
-        catalog: None,
-        order,
-    };
+    let mut platform = Platform::new(exchange, (catalog_db, order_db), None, order);
     let body = order_body(Uuid::now_v7(), &[(&mug, 1)]);
     for _ in 0..3 {
         platform.place_ok(&body).await;
@@ -315,16 +287,10 @@ async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_
         let problem: Value = refused.json().await.unwrap();
         assert_eq!(problem["type"], "urn:dockyard:problem:overloaded");
     }
-    let metrics = platform
-        .client
-        .get(format!("{}/metrics", platform.order.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("dockyard_order_shed_total 2"), "{metrics}");
+    assert_eq!(
+        platform.metric("dockyard_order_shed_total").await,
+        Some(2.0)
+    );
 
     // The catalog comes back, the saga catches up, the door opens again.
     platform.catalog = Some(start_catalog(&platform.catalog_db, &platform.exchange));
@@ -362,14 +328,7 @@ async fn the_pricing_breaker_state_is_a_metric_and_opens_when_the_catalog_fails(
     let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
     // Nothing listens there: every pricing call fails at once.
     let order = start_order(&order_db, &exchange, &amqp_url(), "http://127.0.0.1:9");
-    let platform = Platform {
-        client: reqwest::Client::new(),
-        exchange,
-        catalog_db,
-        order_db,
-        catalog: None,
-        order,
-    };
+    let platform = Platform::new(exchange, (catalog_db, order_db), None, order);
     assert_eq!(
         platform
             .metric("dockyard_order_pricing_breaker_state")
