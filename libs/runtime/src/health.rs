@@ -101,6 +101,32 @@ impl Health {
         }
         if ready { Ok(report) } else { Err(report) }
     }
+
+    /// The body of `GET /health/live`, for servers that are not actix (the gateway's data
+    /// plane).
+    pub fn live_report(&self) -> Value {
+        json!({
+            "status": "up",
+            "service": self.service,
+            "version": env!("CARGO_PKG_VERSION"),
+            "release": self.release,
+        })
+    }
+
+    /// Whether the process is ready, and the body of `GET /health/ready`: `503` while
+    /// draining or while a check is down.
+    pub async fn ready_report(&self) -> (bool, Value) {
+        if self.is_draining() {
+            return (
+                false,
+                json!({"status": "draining", "service": self.service}),
+            );
+        }
+        match self.readiness().await {
+            Ok(checks) => (true, json!({"status": "ready", "checks": checks})),
+            Err(checks) => (false, json!({"status": "not ready", "checks": checks})),
+        }
+    }
 }
 
 /// Mounts the two health routes.
@@ -111,22 +137,14 @@ pub fn routes(config: &mut web::ServiceConfig) {
 }
 
 async fn live(health: web::Data<Health>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "status": "up",
-        "service": health.service,
-        "version": env!("CARGO_PKG_VERSION"),
-        "release": health.release,
-    }))
+    HttpResponse::Ok().json(health.live_report())
 }
 
 async fn ready(health: web::Data<Health>) -> HttpResponse {
-    if health.is_draining() {
-        return HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "draining", "service": health.service}));
-    }
-    match health.readiness().await {
-        Ok(checks) => HttpResponse::Ok().json(json!({"status": "ready", "checks": checks})),
-        Err(checks) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not ready", "checks": checks})),
+    let (ready, report) = health.ready_report().await;
+    if ready {
+        HttpResponse::Ok().json(report)
+    } else {
+        HttpResponse::ServiceUnavailable().json(report)
     }
 }

@@ -29,11 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::{
-    routes::{PoolKind, Route},
-    service::ChangeError,
-    state::Gateway,
-};
+use crate::{pool::PoolKind, routes::Route, service::ChangeError, state::Gateway};
 
 /// The token's digest; what requests are compared against.
 struct TokenDigest([u8; 32]);

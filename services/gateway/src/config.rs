@@ -10,7 +10,10 @@ use dockyard_runtime::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::routes::{PoolKind, RouteSpec};
+use crate::{
+    pool::{HealthPolicy, PoolKind},
+    routes::RouteSpec,
+};
 
 /// From `ROUTES`, `GREEN_ROUTES`, `CANARY_*`, `DISCOVERY_*`, `HEALTH_CHECK_*`, `UPSTREAM_*`,
 /// `EJECT_*`, `BREAKER_*`, `RETRY_*`, `RATE_LIMIT_*`, `TRUSTED_PROXIES`, `MAX_BODY_BYTES`,
@@ -197,13 +200,6 @@ fn default_admin_host() -> String {
 }
 fn default_admin_port() -> u16 {
     9901
-}
-
-/// How passive health (outlier ejection) behaves.
-#[derive(Debug, Clone)]
-pub struct HealthPolicy {
-    pub eject_after_failures: u32,
-    pub eject_for: Duration,
 }
 
 impl GatewayConfig {

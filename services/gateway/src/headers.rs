@@ -1,8 +1,7 @@
 //! Header hygiene for a proxy (RFC 9110 §7.6): hop-by-hop headers stay on their hop, and the
 //! upstream learns who the client was through `X-Forwarded-*`.
 
-use actix_web::http::header::{self as actix_header, HeaderMap as ActixHeaders};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -23,9 +22,10 @@ fn is_hop_by_hop(name: &str, connection: &[String]) -> bool {
     HOP_BY_HOP.contains(&name) || connection.iter().any(|listed| listed == name)
 }
 
-fn connection_tokens(headers: &ActixHeaders) -> Vec<String> {
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
     headers
-        .get_all(actix_header::CONNECTION)
+        .get_all(header::CONNECTION)
+        .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|token| token.trim().to_ascii_lowercase())
@@ -39,7 +39,7 @@ const FORWARDED: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarde
 /// What the client sent, minus hop-by-hop headers, `Host` and `Content-Length` (the client
 /// library sets both for the new hop), and minus `X-Forwarded-*` unless the peer is a
 /// trusted proxy.
-pub fn request_headers(incoming: &ActixHeaders, trusted_peer: bool) -> HeaderMap {
+pub fn request_headers(incoming: &HeaderMap, trusted_peer: bool) -> HeaderMap {
     let connection = connection_tokens(incoming);
     let mut headers = HeaderMap::with_capacity(incoming.len() + 3);
     for (name, value) in incoming {
@@ -51,12 +51,7 @@ pub fn request_headers(incoming: &ActixHeaders, trusted_peer: bool) -> HeaderMap
         {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            headers.append(name, value);
-        }
+        headers.append(name.clone(), value.clone());
     }
     headers
 }
@@ -65,56 +60,56 @@ pub fn request_headers(incoming: &ActixHeaders, trusted_peer: bool) -> HeaderMap
 /// `X-Forwarded-Host` (the host the client asked for) and `X-Request-Id`.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client_ip: Option<String>,
-    proto: &str,
-    host: Option<&str>,
+    client_ip: Option<&HeaderValue>,
+    proto: HeaderValue,
+    host: Option<&HeaderValue>,
     request_id: Option<&str>,
 ) {
     if let Some(ip) = client_ip {
-        let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip,
+        let chain = match headers.get("x-forwarded-for") {
+            Some(earlier) => {
+                let mut chain = Vec::with_capacity(earlier.len() + 2 + ip.len());
+                chain.extend_from_slice(earlier.as_bytes());
+                chain.extend_from_slice(b", ");
+                chain.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_bytes(&chain).ok()
+            }
+            None => Some(ip.clone()),
         };
-        if let Ok(value) = HeaderValue::from_str(&chain) {
-            headers.insert("x-forwarded-for", value);
+        if let Some(chain) = chain {
+            headers.insert("x-forwarded-for", chain);
         }
     }
-    if let Ok(value) = HeaderValue::from_str(proto) {
-        headers.insert("x-forwarded-proto", value);
-    }
-    if let Some(value) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert("x-forwarded-host", value);
+    headers.insert("x-forwarded-proto", proto);
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host.clone());
     }
     if let Some(value) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         headers.insert("x-request-id", value);
     }
 }
 
-/// Whether a response header from the upstream goes back to the client.
-pub fn forward_response_header(name: &str, connection: &[String]) -> bool {
-    !is_hop_by_hop(name, connection) && name != "content-length"
-}
-
-/// The `Connection` tokens of an upstream response.
-pub fn response_connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(reqwest::header::CONNECTION)
+/// Removes an upstream response's hop-by-hop headers (and those its `Connection` names).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let connection = connection_tokens(headers);
+    for name in HOP_BY_HOP
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .collect()
+        .copied()
+        .chain(connection.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use actix_web::http::header::{HeaderName as AName, HeaderValue as AValue};
+    use http::header::HeaderName;
 
     use super::*;
 
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_dropped() {
-        let mut incoming = ActixHeaders::new();
+        let mut incoming = HeaderMap::new();
         for (name, value) in [
             ("connection", "keep-alive, x-secret-hop"),
             ("keep-alive", "timeout=5"),
@@ -125,7 +120,10 @@ mod tests {
             ("traceparent", "00-abc-def-01"),
             ("x-forwarded-for", "203.0.113.7"),
         ] {
-            incoming.append(AName::from_static(name), AValue::from_static(value));
+            incoming.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
 
         let forwarded = request_headers(&incoming, false);
@@ -147,9 +145,9 @@ mod tests {
 
         add_forwarded(
             &mut headers,
-            Some("127.0.0.1".to_owned()),
-            "http",
-            Some("shop.example"),
+            Some(&HeaderValue::from_static("127.0.0.1")),
+            HeaderValue::from_static("http"),
+            Some(&HeaderValue::from_static("shop.example")),
             Some("req-1"),
         );
 

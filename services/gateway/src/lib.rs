@@ -16,21 +16,27 @@
 //! - [`checks`]: active health checks.
 //! - [`ratelimit`]: per-client token buckets, client address behind trusted proxies.
 //! - [`headers`]: hop-by-hop stripping and the `X-Forwarded-*` headers.
+//! - [`server`]: the data plane's HTTP server (hyper, a runtime and a client per worker).
+//! - [`framing`]: refuses requests with ambiguous framing (smuggling) before hyper parses them.
+//! - [`body`]: the client's request body: buffered or streamed, cut at the limit.
 //! - [`proxy`]: the forwarding handler.
 //! - [`admin`]: the authenticated admin API.
 //! - [`metrics`]: per route, pool and endpoint metrics.
 //! - [`state`]: the shared state and its upkeep task; [`startup`] builds and runs it all.
 
 pub mod admin;
+pub mod body;
 pub mod checks;
 pub mod config;
 pub mod discovery;
+pub mod framing;
 pub mod headers;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
+pub mod server;
 pub mod service;
 pub mod startup;
 pub mod state;

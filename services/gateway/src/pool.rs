@@ -21,17 +21,41 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use dockyard_resilience::{BreakerConfig, CircuitBreaker};
 use url::Url;
 
-use crate::{
-    config::HealthPolicy,
-    metrics::{EndpointLabels, EndpointMetrics, GatewayMetrics, Outcome},
-    routes::PoolKind,
-};
+use crate::metrics::{EndpointLabels, EndpointMetrics, GatewayMetrics, Outcome};
+
+/// Which pool of a route a list of URLs describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// The stable pool (`ROUTES`), active unless green is.
+    Blue,
+    /// The other stable pool for blue-green releases (`GREEN_ROUTES`).
+    Green,
+    /// A new version taking a share of the traffic (`CANARY_ROUTES`).
+    Canary,
+}
+
+impl PoolKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Blue => "blue",
+            Self::Green => "green",
+            Self::Canary => "canary",
+        }
+    }
+}
+
+/// How passive health (outlier ejection) behaves.
+#[derive(Debug, Clone)]
+pub struct HealthPolicy {
+    pub eject_after_failures: u32,
+    pub eject_for: Duration,
+}
 
 /// What active health checks last said about an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +90,9 @@ impl Checked {
 pub struct Endpoint {
     /// `http://address:port/base-path` (no trailing slash), what request paths are appended to.
     base: String,
+    /// Its `address:port` and `/base-path` (no trailing slash), parsed once.
+    authority: http::uri::Authority,
+    base_path: String,
     /// Index of the configured URL it was discovered from.
     target: usize,
     checked: AtomicU8,
@@ -81,6 +108,11 @@ impl Endpoint {
     fn new(base: &Url, target: usize, checked: Checked, metrics: EndpointMetrics) -> Self {
         Self {
             base: base.as_str().trim_end_matches('/').to_owned(),
+            authority: base
+                .authority()
+                .parse()
+                .expect("an http URL's authority is a URI authority"),
+            base_path: base.path().trim_end_matches('/').to_owned(),
             target,
             checked: AtomicU8::new(checked as u8),
             in_flight: AtomicUsize::new(0),
@@ -121,6 +153,24 @@ impl Endpoint {
 
     pub fn is_available(&self, now: Instant) -> bool {
         self.checked() == Checked::Healthy && !self.is_ejected(now)
+    }
+
+    /// The URI of `path` (which starts with `/`) and `query` on this endpoint, for a request:
+    /// built from the parts parsed at start, no URL parsing per request.
+    pub fn uri(&self, path: &str, query: &str) -> Result<http::Uri, http::Error> {
+        let mut path_and_query =
+            String::with_capacity(self.base_path.len() + path.len() + query.len() + 1);
+        path_and_query.push_str(&self.base_path);
+        path_and_query.push_str(path);
+        if !query.is_empty() {
+            path_and_query.push('?');
+            path_and_query.push_str(query);
+        }
+        http::Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 
     /// The URL of `path` (which starts with `/`) and `query` on this endpoint.
@@ -365,7 +415,6 @@ fn two_choices<'a>(candidates: &[&'a Arc<Endpoint>]) -> &'a Arc<Endpoint> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -498,5 +547,10 @@ mod tests {
             "http://h:1/base/products?limit=2"
         );
         assert_eq!(endpoint.url("/", ""), "http://h:1/base/");
+        assert_eq!(
+            endpoint.uri("/products", "limit=2").unwrap(),
+            "http://h:1/base/products?limit=2"
+        );
+        assert_eq!(endpoint.uri("/", "").unwrap(), "http://h:1/base/");
     }
 }

@@ -1,12 +1,14 @@
 //! The forwarding handler.
 //!
-//! In order: route (404), per-client rate limit (429), framing and size checks (400, 413),
+//! In order (ambiguous framing was refused with 400 before parsing, see [`crate::framing`]):
+//! route (404), per-client rate limit (429), declared size (413),
 //! pool choice (canary share, else the active stable pool; an open breaker falls back from
 //! the canary, or answers 503 with `Retry-After` at once), then attempts.
 //!
 //! Request bodies are streamed to the upstream, except for requests that may be retried
 //! (idempotent methods, and POSTs with an `Idempotency-Key`): those are buffered, bounded by
-//! `MAX_BODY_BYTES`, so a retry can send them again. Response bodies are always streamed.
+//! `MAX_BODY_BYTES`, so a retry can send them again ([`crate::body`]). Response bodies are
+//! always streamed.
 //! A retry goes to an endpoint not tried yet, after a short jittered back-off, if the route's
 //! retry budget allows it and the overall deadline has time left. When no instance accepts a
 //! connection (the only one is restarting), a retryable request waits for one, trying again
@@ -25,26 +27,25 @@
 //! `429`) and bodies the client cuts short or sends over the limit never reach the breaker.
 
 use std::{
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use actix_web::{
-    HttpMessage, HttpRequest, HttpResponse,
-    body::SizedStream,
-    http::{Method, StatusCode},
-    web::{self, Bytes},
-};
+use actix_web::http::StatusCode as ProblemStatus;
 use dockyard_resilience::{Permit, full_jitter};
-use dockyard_runtime::{observe::RequestId, problem::Problem};
-use futures_util::StreamExt;
+use dockyard_runtime::problem::Problem;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, request::Parts};
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use tokio::sync::mpsc;
 
 use crate::{
+    body::{self, ClientFault},
     headers,
     metrics::{Outcome, PoolLabels, RouteLabels},
     pool::{Endpoint, Pool},
+    server::{self, Peer, Worker},
     service::Service,
     state::Gateway,
 };
@@ -52,170 +53,72 @@ use crate::{
 /// A request body: kept for retries, or streamed once.
 enum Body {
     Buffered(Bytes),
-    Streamed(Option<reqwest::Body>),
-}
-
-/// Set by a streamed body when the *client* is at fault: it sent more than the limit, or its
-/// body could not be read. A failed attempt is then the client's, not the upstream's.
-#[derive(Debug, Default)]
-struct ClientFault {
-    over_limit: std::sync::atomic::AtomicBool,
-    unreadable: std::sync::atomic::AtomicBool,
-}
-
-impl ClientFault {
-    fn problem(&self, limit: usize) -> Option<Problem> {
-        use std::sync::atomic::Ordering::Acquire;
-        if self.over_limit.load(Acquire) {
-            Some(too_large(limit))
-        } else if self.unreadable.load(Acquire) {
-            Some(Problem::bad_request("the request body could not be read"))
-        } else {
-            None
-        }
-    }
+    Streamed(Option<body::Capped>),
 }
 
 /// `502`, `503` and `504` say an instance (or what is behind it) is unhealthy; other statuses
 /// say nothing about its health (see the module documentation).
-fn unhealthy(status: reqwest::StatusCode) -> bool {
+fn unhealthy(status: StatusCode) -> bool {
     matches!(status.as_u16(), 502..=504)
 }
 
-fn may_retry(request: &HttpRequest) -> bool {
+fn may_retry(method: &Method, headers: &HeaderMap) -> bool {
     matches!(
-        *request.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    ) || (*request.method() == Method::POST && request.headers().contains_key("idempotency-key"))
+    ) || (*method == Method::POST && headers.contains_key("idempotency-key"))
 }
 
-/// Both `Content-Length` and `Transfer-Encoding`, or several differing lengths, make framing
-/// ambiguous: a classic request-smuggling vector. Refuse rather than guess.
-fn ambiguous_framing(request: &HttpRequest) -> bool {
-    let headers = request.headers();
-    let lengths: Vec<_> = headers.get_all("content-length").collect();
-    let chunked = headers.contains_key("transfer-encoding");
-    (chunked && !lengths.is_empty()) || lengths.windows(2).any(|pair| pair[0] != pair[1])
-}
-
-fn declared_length(request: &HttpRequest) -> Option<usize> {
-    request
-        .headers()
-        .get("content-length")?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-fn too_large(limit: usize) -> Problem {
-    Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
-        .detail(format!("the request body is larger than {limit} bytes"))
-}
-
-async fn buffer(mut payload: web::Payload, limit: usize) -> Result<Bytes, Problem> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| Problem::bad_request(format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// actix's payload lives on its worker (`!Send`); the client needs a `Send` stream. A small
-/// bounded channel bridges them, keeping back-pressure, and cuts the body at `limit`; `fault`
-/// records why a body was cut.
-fn stream(mut payload: web::Payload, limit: usize, fault: Arc<ClientFault>) -> reqwest::Body {
-    use std::sync::atomic::Ordering::Release;
-    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    actix_web::rt::spawn(async move {
-        let mut sent = 0;
-        while let Some(chunk) = payload.next().await {
-            let chunk = match chunk {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    fault.unreadable.store(true, Release);
-                    let _ = sender
-                        .send(Err(std::io::Error::other(error.to_string())))
-                        .await;
-                    return;
-                }
-            };
-            sent += chunk.len();
-            if sent > limit {
-                fault.over_limit.store(true, Release);
-                let _ = sender
-                    .send(Err(std::io::Error::other("request body over the limit")))
-                    .await;
-                return;
-            }
-            if sender.send(Ok(chunk)).await.is_err() {
-                return;
-            }
-        }
-    });
-    reqwest::Body::wrap_stream(futures_util::stream::unfold(
-        receiver,
-        |mut receiver| async move { receiver.recv().await.map(|chunk| (chunk, receiver)) },
-    ))
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get("content-length")?.to_str().ok()?.parse().ok()
 }
 
 /// Forwards any request that matches a route.
 pub async fn forward(
-    request: HttpRequest,
-    payload: web::Payload,
-    gateway: web::Data<Gateway>,
-    client: web::Data<reqwest::Client>,
-) -> Result<HttpResponse, Problem> {
-    let Some((route, rest)) = gateway.routes.find(request.path()) else {
+    worker: &Worker,
+    request: Request<Incoming>,
+    peer: &Peer,
+    request_id: &str,
+) -> Result<Response<server::Body>, Problem> {
+    let gateway: &Gateway = &worker.shared.gateway;
+    let (parts, body) = request.into_parts();
+    let Some((route, rest)) = gateway.routes.find(parts.uri.path()) else {
         return Err(Problem::not_found(format!(
             "no route for {}",
-            request.path()
+            parts.uri.path()
         )));
     };
-    rate_limit(&gateway, &request)?;
-    if ambiguous_framing(&request) {
-        return Err(Problem::bad_request(
-            "conflicting Content-Length / Transfer-Encoding headers",
-        ));
-    }
-    if declared_length(&request).is_some_and(|length| length > gateway.max_body_bytes) {
-        return Err(too_large(gateway.max_body_bytes));
+    rate_limit(gateway, peer.address.ip(), &parts.headers)?;
+    if declared_length(&parts.headers).is_some_and(|length| length > gateway.max_body_bytes) {
+        body::drain(body).await;
+        return Err(body::too_large(gateway.max_body_bytes));
     }
 
     let service = &route.service;
-    let retryable = may_retry(&request);
+    let retryable = may_retry(&parts.method, &parts.headers);
     let fault = Arc::new(ClientFault::default());
     // Buffered before a breaker permit is taken: a slow or oversized client body never holds
     // a half-open breaker's probe, and a 413 here never reaches the breaker.
     let body = if retryable {
-        Body::Buffered(buffer(payload, gateway.max_body_bytes).await?)
+        Body::Buffered(body::buffer(body, gateway.max_body_bytes).await?)
     } else {
-        Body::Streamed(Some(stream(
-            payload,
+        Body::Streamed(Some(body::stream(
+            body,
             gateway.max_body_bytes,
             Arc::clone(&fault),
         )))
     };
-    let (pool, permit) = choose_pool(&gateway, service, &request)?;
-    let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
-        .map_err(|_| Problem::bad_request("unsupported method"))?;
-    let trusted_peer = request
-        .peer_addr()
-        .is_some_and(|peer| gateway.limiter.is_trusted(peer.ip()));
+    let (pool, permit) = choose_pool(gateway, service, &parts.headers)?;
+    let trusted_peer = gateway.limiter.is_trusted(peer.address.ip());
     let call = Call {
-        gateway: &gateway,
-        client: &client,
+        gateway,
+        client: &worker.client,
         service,
         pool,
-        method,
-        headers: outgoing_headers(&request, trusted_peer),
+        method: parts.method.clone(),
+        headers: outgoing_headers(&parts, peer, trusted_peer, request_id),
         path: rest,
-        query: request.query_string(),
+        query: parts.uri.query().unwrap_or(""),
         attempts: if retryable { gateway.attempts } else { 1 },
         fault: &fault,
     };
@@ -233,7 +136,7 @@ pub async fn forward(
                 permit.success(Instant::now());
             }
             // Else a 500 (or 501, 505…): the permit is dropped unreported, counting nothing.
-            Ok(relay(&request, response))
+            Ok(relay(response))
         }
         Err(Failure::Client(problem)) => Err(problem),
         Err(failure) => {
@@ -249,13 +152,11 @@ fn retry_after_secs(wait: Duration) -> u64 {
 }
 
 /// 429 when the client is over its rate.
-fn rate_limit(gateway: &Gateway, request: &HttpRequest) -> Result<(), Problem> {
-    let Some(ip) = gateway.limiter.client_ip(request) else {
-        return Ok(());
-    };
+fn rate_limit(gateway: &Gateway, peer: IpAddr, headers: &HeaderMap) -> Result<(), Problem> {
+    let ip = gateway.limiter.client_ip(peer, headers);
     gateway.limiter.check(ip).map_err(|wait| {
         gateway.metrics.rate_limited.inc();
-        Problem::new(StatusCode::TOO_MANY_REQUESTS)
+        Problem::new(ProblemStatus::TOO_MANY_REQUESTS)
             .detail("too many requests from this client; slow down")
             .retry_after(retry_after_secs(wait))
     })
@@ -267,10 +168,10 @@ fn rate_limit(gateway: &Gateway, request: &HttpRequest) -> Result<(), Problem> {
 fn choose_pool<'a>(
     gateway: &Gateway,
     service: &'a Service,
-    request: &HttpRequest,
+    headers: &HeaderMap,
 ) -> Result<(&'a Arc<Pool>, Permit<'a>), Problem> {
     let now = Instant::now();
-    if let Some(canary) = service.canary_for(request.headers()) {
+    if let Some(canary) = service.canary_for(headers) {
         if let Ok(permit) = canary.breaker.try_acquire(now) {
             return Ok((canary, permit));
         }
@@ -294,7 +195,7 @@ fn choose_pool<'a>(
                     pool: pool.kind().as_str().to_owned(),
                 })
                 .inc();
-            Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            Err(Problem::new(ProblemStatus::SERVICE_UNAVAILABLE)
                 .detail(format!(
                     "{} is failing; its circuit breaker is open",
                     service.name()
@@ -307,11 +208,11 @@ fn choose_pool<'a>(
 /// One request's attempts on one pool.
 struct Call<'a> {
     gateway: &'a Gateway,
-    client: &'a reqwest::Client,
+    client: &'a server::Client,
     service: &'a Service,
     pool: &'a Pool,
-    method: reqwest::Method,
-    headers: reqwest::header::HeaderMap,
+    method: Method,
+    headers: HeaderMap,
     path: &'a str,
     query: &'a str,
     attempts: usize,
@@ -326,7 +227,7 @@ impl Call<'_> {
         &self,
         mut body: Body,
         deadline: tokio::time::Instant,
-    ) -> Result<reqwest::Response, Failure> {
+    ) -> Result<Response<Incoming>, Failure> {
         let mut endpoints = self.pool.endpoints();
         let mut tried = Vec::with_capacity(self.attempts);
         // Attempts that reached an instance: they count against `attempts` and the budget.
@@ -373,8 +274,10 @@ impl Call<'_> {
             }
             tried.push(Arc::clone(&endpoint));
             let attempt_body = match &mut body {
-                Body::Buffered(bytes) => reqwest::Body::from(bytes.clone()),
-                Body::Streamed(once) => once.take().expect("a streamed body is sent once"),
+                Body::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
+                Body::Streamed(once) => {
+                    Either::Right(once.take().expect("a streamed body is sent once"))
+                }
             };
             let started = Instant::now();
             let result = self.send(&endpoint, attempt_body, deadline).await;
@@ -395,16 +298,20 @@ impl Call<'_> {
                     }
                     last = Failure::Status(response);
                 }
+                Err(SendError::InvalidPath) => {
+                    return Err(Failure::Client(Problem::bad_request(
+                        "the request path cannot be forwarded",
+                    )));
+                }
                 Err(error) => {
-                    if let Some(problem) = self.fault.problem(self.gateway.max_body_bytes) {
+                    if let Some(problem) = self.fault.problem(self.gateway.max_body_bytes).await {
                         // The client's body failed the attempt: nothing to hold against the
                         // upstream, nothing to retry.
                         return Err(Failure::Client(problem));
                     }
-                    let outcome = if error.is_timeout() {
-                        Outcome::Timeout
-                    } else {
-                        Outcome::Unreachable
+                    let outcome = match error {
+                        SendError::Timeout => Outcome::Timeout,
+                        SendError::Client(_) | SendError::InvalidPath => Outcome::Unreachable,
                     };
                     endpoint.metrics.attempt(outcome, seconds);
                     self.pool
@@ -427,21 +334,30 @@ impl Call<'_> {
     }
 
     /// One attempt on `endpoint`, bounded by the try time-out and the overall deadline.
+    /// One attempt on `endpoint`, bounded by the try time-out and the overall deadline (until
+    /// the response's head; its body is relayed as it comes).
     async fn send(
         &self,
         endpoint: &Endpoint,
-        body: reqwest::Body,
+        body: body::Outgoing,
         deadline: tokio::time::Instant,
-    ) -> reqwest::Result<reqwest::Response> {
+    ) -> Result<Response<Incoming>, SendError> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let _in_flight = endpoint.start();
-        self.client
-            .request(self.method.clone(), endpoint.url(self.path, self.query))
-            .headers(self.headers.clone())
-            .timeout(self.gateway.try_timeout.min(left))
-            .body(body)
-            .send()
-            .await
+        let uri = endpoint
+            .uri(self.path, self.query)
+            .map_err(|_| SendError::InvalidPath)?;
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers.clone();
+        tokio::time::timeout(
+            self.gateway.try_timeout.min(left),
+            self.client.request(request),
+        )
+        .await
+        .map_err(|_| SendError::Timeout)?
+        .map_err(SendError::Client)
     }
 
     fn count(&self, family: &Family<RouteLabels, Counter>) {
@@ -458,20 +374,20 @@ const WAIT_BACKOFF_MIN: Duration = Duration::from_millis(25);
 const WAIT_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// The client's headers for the upstream: hop-by-hop removed, `X-Forwarded-*` and
-/// `X-Request-Id` set.
-fn outgoing_headers(request: &HttpRequest, trusted_peer: bool) -> reqwest::header::HeaderMap {
-    let mut outgoing = headers::request_headers(request.headers(), trusted_peer);
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone());
-    let info = request.connection_info().clone();
+/// `X-Request-Id` set. The scheme is `http` (this listener speaks plain HTTP) unless a trusted
+/// proxy in front says otherwise.
+fn outgoing_headers(parts: &Parts, peer: &Peer, trusted_peer: bool, request_id: &str) -> HeaderMap {
+    let mut outgoing = headers::request_headers(&parts.headers, trusted_peer);
+    let proto = trusted_peer
+        .then(|| parts.headers.get("x-forwarded-proto").cloned())
+        .flatten()
+        .unwrap_or(HeaderValue::from_static("http"));
     headers::add_forwarded(
         &mut outgoing,
-        request.peer_addr().map(|peer| peer.ip().to_string()),
-        info.scheme(),
-        request.headers().get("host").and_then(|h| h.to_str().ok()),
-        request_id.as_deref(),
+        Some(&peer.ip_header),
+        proto,
+        parts.headers.get("host"),
+        Some(request_id),
     );
     outgoing
 }
@@ -479,15 +395,34 @@ fn outgoing_headers(request: &HttpRequest, trusted_peer: bool) -> reqwest::heade
 /// The answer when no attempt succeeded.
 fn exhausted(service: &str, failure: &Failure) -> Problem {
     match failure {
-        Failure::Timeout => Problem::new(StatusCode::GATEWAY_TIMEOUT)
+        Failure::Timeout => Problem::new(ProblemStatus::GATEWAY_TIMEOUT)
             .detail(format!("{service} did not answer in time")),
-        Failure::Unreachable | Failure::Status(_) => Problem::new(StatusCode::BAD_GATEWAY)
+        Failure::Unreachable | Failure::Status(_) => Problem::new(ProblemStatus::BAD_GATEWAY)
             .detail(format!("no instance of {service} could be reached"))
             .retry_after(1),
         Failure::Client(problem) => problem.clone(),
-        Failure::NoEndpoint => Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+        Failure::NoEndpoint => Problem::new(ProblemStatus::SERVICE_UNAVAILABLE)
             .detail(format!("{service} has no instance"))
             .retry_after(1),
+    }
+}
+
+/// Why one attempt got no answer.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("no answer within the try time-out")]
+    Timeout,
+    /// The client's path and query do not make a URI on the endpoint (never sent).
+    #[error("the request path cannot be forwarded")]
+    InvalidPath,
+    #[error("{0}")]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// The connection was never established: the request cannot have reached the instance.
+    fn is_connect(&self) -> bool {
+        matches!(self, Self::Client(error) if error.is_connect())
     }
 }
 
@@ -496,28 +431,16 @@ enum Failure {
     Timeout,
     Unreachable,
     /// Every attempt answered 502/503/504; the last answer is relayed.
-    Status(reqwest::Response),
+    Status(Response<Incoming>),
     NoEndpoint,
     /// The client's body failed the attempt (over the limit, unreadable).
     Client(Problem),
 }
 
-/// The upstream's response, streamed back without its hop-by-hop headers.
-fn relay(request: &HttpRequest, response: reqwest::Response) -> HttpResponse {
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut builder = HttpResponse::build(status);
-    let connection = headers::response_connection_tokens(response.headers());
-    for (name, value) in response.headers() {
-        if headers::forward_response_header(name.as_str(), &connection) {
-            builder.append_header((name.as_str(), value.as_bytes()));
-        }
-    }
-    let length = response.content_length();
-    let body = response.bytes_stream();
-    match length {
-        _ if *request.method() == Method::HEAD => builder.finish(),
-        Some(length) => builder.body(SizedStream::new(length, body)),
-        None => builder.streaming(body),
-    }
+/// The upstream's response, streamed back without its hop-by-hop headers. Its
+/// `Content-Length`, when it had one, frames the relayed body the same way.
+fn relay(response: Response<Incoming>) -> Response<server::Body> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Right(body))
 }

@@ -7,28 +7,7 @@ use std::sync::Arc;
 
 use url::Url;
 
-use crate::service::Service;
-
-/// Which pool of a route a list of URLs describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolKind {
-    /// The stable pool (`ROUTES`), active unless green is.
-    Blue,
-    /// The other stable pool for blue-green releases (`GREEN_ROUTES`).
-    Green,
-    /// A new version taking a share of the traffic (`CANARY_ROUTES`).
-    Canary,
-}
-
-impl PoolKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Blue => "blue",
-            Self::Green => "green",
-            Self::Canary => "canary",
-        }
-    }
-}
+use crate::{pool::PoolKind, service::Service};
 
 /// One route as configured: its prefix and the upstream URLs of each pool.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,10 +14,10 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU8, Ordering},
 };
 
-use actix_web::http::header::HeaderMap;
 use dockyard_resilience::RetryBudget;
+use http::HeaderMap;
 
-use crate::{pool::Pool, routes::PoolKind};
+use crate::pool::{Pool, PoolKind};
 
 /// Where the canary choice comes from.
 #[derive(Debug, Clone)]
@@ -155,6 +155,7 @@ impl Service {
         }
         headers
             .get_all("cookie")
+            .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
@@ -175,11 +176,11 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use actix_web::http::header::{HeaderName, HeaderValue};
     use dockyard_resilience::{BreakerConfig, BudgetConfig};
+    use http::header::{HeaderName, HeaderValue};
 
     use super::*;
-    use crate::{config::HealthPolicy, metrics::GatewayMetrics};
+    use crate::{metrics::GatewayMetrics, pool::HealthPolicy};
 
     fn pool(kind: PoolKind) -> Pool {
         Pool::new(

@@ -1,20 +1,27 @@
 //! Assembles the gateway: the shared state (after a first discovery and health-check round),
-//! one HTTP client per worker, the catch-all forwarding route behind the runtime's health and
-//! metrics routes, the admin API, and the upkeep task.
+//! the data plane's listeners (one per worker, see [`crate::server`]), the admin API, and the
+//! upkeep task.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use actix_web::{dev::Server as ActixServer, web};
-use dockyard_runtime::{health::Health, metrics::Metrics, server};
+use dockyard_runtime::{health::Health, metrics::Metrics, server::HttpConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::{SERVICE, config::Settings, metrics::GatewayMetrics, proxy, state::Gateway};
+use crate::{
+    SERVICE,
+    config::Settings,
+    metrics::GatewayMetrics,
+    server::{DataPlane, Listeners, Shared},
+    state::Gateway,
+};
 
 /// A bound, ready-to-run gateway.
 pub struct Application {
-    server: server::Server,
+    listeners: Listeners,
+    shared: Arc<Shared>,
+    http: HttpConfig,
     admin: Option<(ActixServer, u16)>,
-    gateway: Arc<Gateway>,
 }
 
 impl std::fmt::Debug for Application {
@@ -33,39 +40,34 @@ impl Application {
         let mut metrics = Metrics::new();
         gateway_metrics.register(&mut metrics);
         let gateway = Arc::new(Gateway::start(config, gateway_metrics).await?);
-        let shared = web::Data::from(Arc::clone(&gateway));
-        let connect_timeout = Duration::from_millis(config.upstream_connect_timeout_ms);
-        let server = server::bind(&settings.http, Health::new(SERVICE), metrics, {
-            let shared = shared.clone();
-            move |app| {
-                // One client per worker: its pooled connections live on that worker's
-                // runtime and are only used there, so they stay valid while it drains.
-                let client = reqwest::Client::builder()
-                    .connect_timeout(connect_timeout)
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .tcp_nodelay(true)
-                    .build()
-                    .expect("building an HTTP client cannot fail without TLS options");
-                app.app_data(shared.clone())
-                    .app_data(web::Data::new(client))
-                    .route("/{path:.*}", web::to(proxy::forward));
-            }
-        })?;
+        let http = settings.http.clone();
+        let workers = http
+            .http_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        let listeners = Listeners::bind(&http.host, http.port, workers)?;
+        tracing::info!(address = %format!("{}:{}", http.host, listeners.port()), workers, "listening");
         let admin = crate::admin::bind(
             &config.admin_host,
             config.admin_port,
             config.admin_token.as_deref(),
-            shared,
+            web::Data::from(Arc::clone(&gateway)),
         )?;
-        Ok(Self {
-            server,
-            admin,
+        let shared = Arc::new(Shared {
             gateway,
+            health: Arc::new(Health::new(SERVICE)),
+            metrics: Arc::new(metrics),
+            connect_timeout: Duration::from_millis(config.upstream_connect_timeout_ms),
+        });
+        Ok(Self {
+            listeners,
+            shared,
+            http,
+            admin,
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.server.port()
+        self.listeners.port()
     }
 
     /// The admin API's port, when it is on.
@@ -73,23 +75,36 @@ impl Application {
         self.admin.as_ref().map(|(_, port)| *port)
     }
 
-    /// Serves until `shutdown` resolves, then drains the proxy, and stops the admin API and
-    /// the upkeep task.
+    /// Serves until `shutdown` resolves, then: readiness turns 503, `SHUTDOWN_DELAY_MS`
+    /// passes, the listeners close and requests in flight finish (bounded by
+    /// `SHUTDOWN_TIMEOUT_SECS`); then the admin API and the upkeep task stop.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let upkeep = tokio::spawn(Arc::clone(&self.gateway).run_upkeep(stop.clone()));
+        // Stops the upkeep task also when this future is dropped rather than finished.
+        let _stop_upkeep = stop.clone().drop_guard();
+        let upkeep = tokio::spawn(Arc::clone(&self.shared.gateway).run_upkeep(stop.clone()));
         let admin = self.admin.map(|(server, _)| {
             let handle = server.handle();
             (tokio::spawn(server), handle)
         });
-        let served = self.server.run_until_stopped(shutdown).await;
+        let plane = DataPlane::start(
+            self.listeners,
+            &self.shared,
+            Duration::from_secs(self.http.shutdown_timeout_secs),
+        );
+        shutdown.await;
+        self.shared.health.start_draining();
+        let delay = Duration::from_millis(self.http.shutdown_delay_ms);
+        tracing::info!(delay_ms = delay.as_millis(), "readiness off, draining");
+        tokio::time::sleep(delay).await;
+        plane.stop().await;
+        tracing::info!("in-flight requests drained, server stopped");
         stop.cancel();
         if let Some((task, handle)) = admin {
             handle.stop(true).await;
             let _ = task.await;
         }
         let _ = upkeep.await;
-        served?;
         Ok(())
     }
 }

@@ -15,9 +15,9 @@ use crate::{
     config::GatewayConfig,
     discovery::Resolver,
     metrics::{GatewayMetrics, PoolLabels, RouteLabels, StateLabels},
-    pool::Pool,
+    pool::{Pool, PoolKind},
     ratelimit::ClientLimiter,
-    routes::{PoolKind, Route, RouteTable},
+    routes::{Route, RouteTable},
     service::{CanaryKeys, Service},
 };
 

@@ -231,20 +231,36 @@ async fn oversized_bodies_are_413() {
     assert_eq!(buffered.status(), 413);
 }
 
+/// Writes `request` on `stream` and reads the answer's first bytes.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = stream.read(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
 #[tokio::test]
 async fn ambiguous_framing_is_refused() {
     let echo = upstream("echo", "127.0.0.2", false);
     let (gateway, _stop) = gateway(&format!("/api/x={}", echo.url), &[]).await;
     let address = gateway.trim_start_matches("http://");
+    let cl_first: &[u8] = b"POST /api/x/echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let te_first: &[u8] = b"POST /api/x/echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n";
+
+    for smuggling in [cl_first, te_first] {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let answer = exchange(&mut stream, smuggling).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    // Behind a well-framed request on a kept-alive connection, too.
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-
-    stream
-        .write_all(b"POST /api/x/echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = vec![0u8; 64];
-    let read = stream.read(&mut answer).await.unwrap();
-
-    let status_line = String::from_utf8_lossy(&answer[..read]);
-    assert!(status_line.starts_with("HTTP/1.1 400"), "{status_line}");
+    let first = exchange(
+        &mut stream,
+        b"POST /api/x/echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let second = exchange(&mut stream, te_first).await;
+    assert!(second.starts_with("HTTP/1.1 400"), "{second}");
+    assert_eq!(echo.hits(), 1, "no ambiguous request reached the upstream");
 }

@@ -1,0 +1,374 @@
+//! The data plane's HTTP server: hyper 1, with a current-thread runtime per worker.
+//!
+//! Each worker thread accepts on a listener of its own (`SO_REUSEPORT` on one address, so the
+//! kernel spreads connections over them), serves its connections, and sends their requests
+//! upstream through an HTTP client of its own whose pooled connections live on the same
+//! thread. A request is read, forwarded and answered without waking another thread, and the
+//! request and response types are the ones the client takes and gives (`http` 1): headers and
+//! bodies pass through without conversion or a channel in between.
+//!
+//! Each connection is read through [`Guarded`], which refuses requests with ambiguous framing
+//! (request smuggling) before hyper parses them.
+//!
+//! On shutdown the listeners close, idle keep-alive connections are closed, and requests in
+//! flight finish, bounded by `SHUTDOWN_TIMEOUT_SECS`.
+
+use std::{
+    convert::Infallible,
+    io,
+    net::{SocketAddr, ToSocketAddrs},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use dockyard_runtime::{health::Health, metrics::HttpLabels, metrics::Metrics, problem::Problem};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::{
+    body::{Bytes, Incoming},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::{
+    client::legacy::connect::HttpConnector,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    body,
+    framing::{Guarded, MAX_HEAD_BYTES},
+    proxy,
+    state::Gateway,
+};
+
+/// A response body: one the gateway wrote, or the upstream's, streamed.
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// A worker's HTTP client for the upstreams (hyper's, pooled connections per worker).
+pub type Client = hyper_util::client::legacy::Client<HttpConnector, body::Outgoing>;
+
+const REQUEST_ID: &str = "x-request-id";
+/// The metrics' `route` label of forwarded requests (the catch-all route's pattern).
+const FORWARD_ROUTE: &str = "/{path:.*}";
+/// Pending connections per listener.
+const BACKLOG: u32 = 1024;
+/// How long an idle pooled connection to an upstream is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every worker shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub gateway: Arc<Gateway>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// Connect time-out of the workers' HTTP clients.
+    pub connect_timeout: Duration,
+}
+
+/// One worker's view: the shared state and its own client.
+#[derive(Debug)]
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub client: Client,
+}
+
+/// The client at the other end of a connection.
+#[derive(Debug)]
+pub struct Peer {
+    pub address: SocketAddr,
+    /// Its IP address as `X-Forwarded-For` carries it, formatted once per connection.
+    pub ip_header: HeaderValue,
+}
+
+/// Bound listeners, one per worker, not yet served.
+#[derive(Debug)]
+pub struct Listeners {
+    listeners: Vec<std::net::TcpListener>,
+    port: u16,
+}
+
+impl Listeners {
+    /// Binds `workers` listeners on `host:port` (`0`: a free port, the same for all).
+    /// Must run inside a tokio runtime.
+    pub fn bind(host: &str, port: u16, workers: usize) -> io::Result<Self> {
+        let address = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{host}` names no address"),
+            )
+        })?;
+        let first = reuse_port_listener(address)?;
+        let port = first.local_addr()?.port();
+        let mut listeners = vec![first];
+        for _ in 1..workers.max(1) {
+            listeners.push(reuse_port_listener(SocketAddr::new(address.ip(), port))?);
+        }
+        Ok(Self { listeners, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+fn reuse_port_listener(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)?.into_std()
+}
+
+/// The running workers.
+#[derive(Debug)]
+pub struct DataPlane {
+    threads: Vec<thread::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl DataPlane {
+    /// Starts a worker thread per listener.
+    pub fn start(listeners: Listeners, shared: &Arc<Shared>, drain_for: Duration) -> Self {
+        let stop = CancellationToken::new();
+        let threads = listeners
+            .listeners
+            .into_iter()
+            .enumerate()
+            .map(|(index, listener)| {
+                let (shared, stop) = (Arc::clone(shared), stop.clone());
+                thread::Builder::new()
+                    .name(format!("gateway-worker-{index}"))
+                    .spawn(move || run_worker(listener, shared, &stop, drain_for))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        Self { threads, stop }
+    }
+
+    /// Closes the listeners, lets requests in flight finish, and waits for the workers.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for DataPlane {
+    /// A data plane dropped without [`DataPlane::stop`] (its owner's task was cancelled)
+    /// still stops its workers.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn run_worker(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    stop: &CancellationToken,
+    drain_for: Duration,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "a gateway worker could not start its runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(shared.connect_timeout));
+        connector.set_nodelay(true);
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let worker = Arc::new(Worker { shared, client });
+        if let Err(error) = accept(listener, &worker, stop, drain_for).await {
+            tracing::error!(%error, "a gateway worker stopped accepting");
+        }
+    });
+}
+
+async fn accept(
+    listener: std::net::TcpListener,
+    worker: &Arc<Worker>,
+    stop: &CancellationToken,
+    drain_for: Duration,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let connections = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let worker = Arc::clone(worker);
+        let peer = Arc::new(Peer {
+            address: peer,
+            ip_header: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+        });
+        let service = service_fn(move |request| {
+            let (worker, peer) = (Arc::clone(&worker), Arc::clone(&peer));
+            async move { Ok::<_, Infallible>(serve(&worker, request, &peer).await) }
+        });
+        let stream = TokioIo::new(Guarded::new(stream));
+        let connection = connections.watch(http.serve_connection(stream, service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(drain_for) => {
+            tracing::warn!(after_secs = drain_for.as_secs(), "requests still in flight at the end of the drain");
+        }
+    }
+    Ok(())
+}
+
+/// One request: the process's own health and metrics routes, else forwarded. Each request
+/// gets a request id (the client's when sane), one log event and its RED metrics.
+async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Response<Body> {
+    let started = Instant::now();
+    let request_id =
+        incoming_request_id(request.headers()).map_or_else(new_request_id, str::to_owned);
+    let method = request.method().clone();
+    let shared = &worker.shared;
+    let (route, mut response, failure) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/health/live") => (
+            "/health/live",
+            json(StatusCode::OK, &shared.health.live_report()),
+            None,
+        ),
+        (&Method::GET, "/health/ready") => {
+            let (ready, report) = shared.health.ready_report().await;
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            ("/health/ready", json(status, &report), None)
+        }
+        (&Method::GET, "/metrics") => ("/metrics", metrics(&shared.metrics), None),
+        _ => {
+            let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = FORWARD_ROUTE);
+            match proxy::forward(worker, request, peer, &request_id)
+                .instrument(span)
+                .await
+            {
+                Ok(response) => (FORWARD_ROUTE, response, None),
+                Err(problem) => {
+                    let response = problem_response(&problem);
+                    (FORWARD_ROUTE, response, Some(problem))
+                }
+            }
+        }
+    };
+    let latency = started.elapsed();
+    let status = response.status();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if status.is_server_error() {
+        tracing::error!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, error = failure.as_ref().map(ToString::to_string), "request failed");
+    } else {
+        tracing::info!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");
+    }
+    shared.metrics.observe_request(
+        &HttpLabels {
+            method: method.to_string(),
+            route: route.to_owned(),
+            status: status.as_u16(),
+        },
+        latency.as_secs_f64(),
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// A random (version 4) UUID from the worker's fast generator: request ids need to be unique,
+/// not unguessable, and the operating system's generator cost a system call per request.
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .to_string()
+}
+
+/// The client's `X-Request-Id` when it is sane (printable ASCII, at most 128 bytes).
+fn incoming_request_id(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(REQUEST_ID)?.to_str().ok()?;
+    let sane =
+        !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+    sane.then_some(value)
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("a JSON value serialises");
+    full(status, "application/json", body)
+}
+
+fn metrics(metrics: &Metrics) -> Response<Body> {
+    full(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        metrics.render().into_bytes(),
+    )
+}
+
+/// A problem as an `application/problem+json` response, with `Retry-After` when it has one.
+pub fn problem_response(problem: &Problem) -> Response<Body> {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).expect("a problem always serialises");
+    let mut response = full(status, dockyard_runtime::problem::CONTENT_TYPE, body);
+    if let Some(seconds) = problem.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
