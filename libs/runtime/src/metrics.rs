@@ -24,6 +24,19 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// The `method` label of a request: a method HTTP defines, else `other`, so a client inventing
+/// method names cannot make the number of series grow.
+pub fn method_label(method: &str) -> &'static str {
+    const DEFINED: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    DEFINED
+        .iter()
+        .find(|defined| **defined == method)
+        .copied()
+        .unwrap_or("other")
+}
+
 /// The process's metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -92,4 +105,17 @@ pub async fn endpoint(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+
+    #[test]
+    fn only_methods_http_defines_get_their_own_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("BREW"), "other");
+        assert_eq!(method_label("get"), "other", "methods are case-sensitive");
+    }
 }

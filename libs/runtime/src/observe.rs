@@ -43,6 +43,7 @@ pub async fn request(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
+    let method_label = crate::metrics::method_label(&method);
     let metrics = request.app_data::<web::Data<Metrics>>().cloned();
     request
         .extensions_mut()
@@ -76,7 +77,7 @@ pub async fn request(
     });
     if let Some(metrics) = metrics {
         let labels = HttpLabels {
-            method,
+            method: method_label.to_owned(),
             route,
             status: status.as_u16(),
         };

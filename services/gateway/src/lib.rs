@@ -19,14 +19,19 @@
 //! - [`server`]: the data plane's HTTP server (hyper, a runtime and a client per worker).
 //! - [`framing`]: refuses requests with ambiguous framing (smuggling) before hyper parses them.
 //! - [`body`]: the client's request body: buffered or streamed, cut at the limit.
-//! - [`proxy`]: the forwarding handler.
+//! - [`proxy`]: the forwarding handler, in the order of the modules it calls:
+//!   [`admission`] (rate limit, declared size), [`choice`] (canary or stable pool, breakers),
+//!   [`attempts`] (endpoints, retries, budget, deadline, what counts against an upstream).
 //! - [`admin`]: the authenticated admin API.
 //! - [`metrics`]: per route, pool and endpoint metrics.
 //! - [`state`]: the shared state and its upkeep task; [`startup`] builds and runs it all.
 
 pub mod admin;
+pub mod admission;
+pub mod attempts;
 pub mod body;
 pub mod checks;
+pub mod choice;
 pub mod config;
 pub mod discovery;
 pub mod framing;

@@ -14,15 +14,20 @@
 //! flight finish, bounded by `SHUTDOWN_TIMEOUT_SECS`.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     io,
     net::{SocketAddr, ToSocketAddrs},
-    sync::Arc,
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use dockyard_runtime::{health::Health, metrics::HttpLabels, metrics::Metrics, problem::Problem};
+use dockyard_runtime::{
+    health::Health,
+    metrics::{HttpLabels, Metrics, method_label},
+    problem::Problem,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::{
@@ -35,6 +40,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -71,11 +77,37 @@ pub struct Shared {
     pub connect_timeout: Duration,
 }
 
-/// One worker's view: the shared state and its own client.
+/// One worker's view: the shared state, its own client, and its handles on the RED metrics.
 #[derive(Debug)]
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub client: Client,
+    /// Request count and latency per (method, route, status), resolved once per worker: a
+    /// request does not build label strings or look them up in the registry.
+    red: Mutex<HashMap<RedKey, (Counter, Histogram)>>,
+}
+
+type RedKey = (&'static str, &'static str, u16);
+
+impl Worker {
+    fn observe(&self, key: RedKey, seconds: f64) {
+        let mut red = self.red.lock().expect("the lock is never poisoned");
+        let (requests, duration) = red.entry(key).or_insert_with(|| {
+            let (method, route, status) = key;
+            let labels = HttpLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            };
+            let metrics = &self.shared.metrics;
+            (
+                metrics.http_requests.get_or_create(&labels).clone(),
+                metrics.http_request_duration.get_or_create(&labels).clone(),
+            )
+        });
+        requests.inc();
+        duration.observe(seconds);
+    }
 }
 
 /// The client at the other end of a connection.
@@ -200,7 +232,11 @@ fn run_worker(
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        let worker = Arc::new(Worker { shared, client });
+        let worker = Arc::new(Worker {
+            shared,
+            client,
+            red: Mutex::new(HashMap::new()),
+        });
         if let Err(error) = accept(listener, &worker, stop, drain_for).await {
             tracing::error!(%error, "a gateway worker stopped accepting");
         }
@@ -308,12 +344,8 @@ async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Resp
     } else {
         tracing::info!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");
     }
-    shared.metrics.observe_request(
-        &HttpLabels {
-            method: method.to_string(),
-            route: route.to_owned(),
-            status: status.as_u16(),
-        },
+    worker.observe(
+        (method_label(method.as_str()), route, status.as_u16()),
         latency.as_secs_f64(),
     );
     if let Ok(value) = HeaderValue::from_str(&request_id) {

@@ -264,3 +264,46 @@ async fn ambiguous_framing_is_refused() {
     assert!(second.starts_with("HTTP/1.1 400"), "{second}");
     assert_eq!(echo.hits(), 1, "no ambiguous request reached the upstream");
 }
+
+#[tokio::test]
+async fn invented_methods_share_one_metric_series() {
+    let echo = upstream("echo", "127.0.0.2", false);
+    let (gateway, _stop) = gateway(&format!("/api/x={}", echo.url), &[]).await;
+    let client = reqwest::Client::new();
+    for method in ["BREW", "WHEN", "GET"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = client
+            .request(method, format!("{gateway}/api/x/pot"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    let metrics = client
+        .get(format!("{gateway}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let forwarded: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("dockyard_http_requests_total{") && l.contains("/{path:.*}"))
+        .collect();
+    assert!(
+        forwarded
+            .iter()
+            .any(|l| l.contains(r#"method="other""#) && l.ends_with(" 2")),
+        "{forwarded:?}"
+    );
+    assert!(
+        forwarded.iter().any(|l| l.contains(r#"method="GET""#)),
+        "{forwarded:?}"
+    );
+    assert!(
+        !metrics.contains("BREW") && !metrics.contains("WHEN"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,310 @@
+//! A request's attempts on its pool: which endpoint next, retries within the attempts, the
+//! retry budget and the deadline, waiting for an instance that is restarting, and what each
+//! outcome tells the pool's breaker and the endpoint's passive health.
+//!
+//! A retry goes to an endpoint not tried yet, after a short jittered back-off, if the route's
+//! retry budget allows it and the overall deadline has time left. When no instance accepts a
+//! connection (the only one is restarting), a retryable request waits for one, trying again
+//! with back-off for up to `UPSTREAM_WAIT_FOR_INSTANCE_MS`: a refused connection never reached
+//! the service, so those tries cost no attempt and no budget; a kept-alive connection the
+//! stopping instance dropped without an answer counts as an attempt, and the request still
+//! waits for the instance with the attempts it has left. Errors are problem+json:
+//! upstream unreachable 502, upstream too slow 504.
+//!
+//! **What counts against an upstream** (its pool's breaker, its endpoint's passive health,
+//! and retries): only what says an *instance* is unhealthy — a refused or dropped connection,
+//! a time-out, and `502`, `503`, `504`. A `500` says this request hit a bug, and any client can
+//! cause one at will, so it is relayed and counted in the metrics but never opens a breaker,
+//! ejects an instance or triggers a retry; a broken instance is caught by its health check.
+//! `4xx` answers are healthy ones. Requests the gateway refuses itself (`400`, `404`, `413`,
+//! `429`) and bodies the client cuts short or sends over the limit never reach the breaker.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix_web::http::StatusCode as ProblemStatus;
+use dockyard_resilience::{Permit, full_jitter};
+use dockyard_runtime::problem::Problem;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+use crate::{
+    body::{self, ClientFault},
+    metrics::{Outcome, RouteLabels},
+    pool::{Endpoint, Pool},
+    server,
+    service::Service,
+    state::Gateway,
+};
+
+/// A request body: kept for retries, or streamed once.
+#[derive(Debug)]
+pub enum Payload {
+    Buffered(Bytes),
+    Streamed(Option<body::Capped>),
+}
+
+/// `502`, `503` and `504` say an instance (or what is behind it) is unhealthy; other statuses
+/// say nothing about its health (see the module documentation).
+fn unhealthy(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
+/// Idempotent methods, and POSTs with an `Idempotency-Key`, may be sent more than once.
+pub fn may_retry(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) || (*method == Method::POST && headers.contains_key("idempotency-key"))
+}
+
+/// One request's attempts on one pool.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub gateway: &'a Gateway,
+    pub client: &'a server::Client,
+    pub service: &'a Service,
+    pub pool: &'a Pool,
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub attempts: usize,
+    pub fault: &'a ClientFault,
+}
+
+impl Call<'_> {
+    /// Tries endpoints until one answers without a 502/503/504, the attempts or the retry
+    /// budget run out, or no untried endpoint is left; while none accepts a connection, waits
+    /// for one (see the module documentation). The last unhealthy answer is relayed as is.
+    async fn attempts(
+        &self,
+        mut body: Payload,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Incoming>, Failure> {
+        let mut endpoints = self.pool.endpoints();
+        let mut tried = Vec::with_capacity(self.attempts);
+        // Attempts that reached an instance: they count against `attempts` and the budget.
+        let mut sent = 0;
+        let mut last = Failure::NoEndpoint;
+        let waiting_ends = tokio::time::Instant::now() + self.gateway.wait_for_instance;
+        let mut waits = 0;
+        let budget = &self.service.budget;
+        budget.deposit();
+        while sent < self.attempts {
+            let Some(endpoint) = Pool::pick(&endpoints, &tried, Instant::now()) else {
+                // Every endpoint was tried. If none answered (refused, or dropped a connection
+                // without a response: a kept-alive one to an instance that has just stopped),
+                // wait for one to come back (a restart) and try them all again; retries still
+                // count against the attempts and the budget.
+                let unreachable = matches!(last, Failure::Unreachable);
+                let backoff = full_jitter(waits, WAIT_BACKOFF_MIN, WAIT_BACKOFF_MAX);
+                let now = tokio::time::Instant::now();
+                if !unreachable
+                    || matches!(body, Payload::Streamed(_))
+                    || now + backoff >= waiting_ends.min(deadline)
+                {
+                    break;
+                }
+                waits += 1;
+                tokio::time::sleep(backoff).await;
+                tried.clear();
+                endpoints = self.pool.endpoints();
+                continue;
+            };
+            if sent > 0 {
+                if !budget.try_withdraw(Instant::now()) {
+                    self.count(&self.gateway.metrics.retries_refused);
+                    break;
+                }
+                self.count(&self.gateway.metrics.retries);
+                let attempt = u32::try_from(sent).unwrap_or(u32::MAX);
+                tokio::time::sleep(full_jitter(
+                    attempt - 1,
+                    self.gateway.retry_backoff,
+                    self.gateway.retry_backoff * 16,
+                ))
+                .await;
+            }
+            tried.push(Arc::clone(&endpoint));
+            let attempt_body = match &mut body {
+                Payload::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
+                Payload::Streamed(once) => {
+                    Either::Right(once.take().expect("a streamed body is sent once"))
+                }
+            };
+            let started = Instant::now();
+            let result = self.send(&endpoint, attempt_body, deadline).await;
+            let seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(response) => {
+                    sent += 1;
+                    let outcome = Outcome::of_status(response.status().as_u16());
+                    endpoint.metrics.attempt(outcome, seconds);
+                    if !unhealthy(response.status()) {
+                        endpoint.record_success();
+                        return Ok(response);
+                    }
+                    self.pool
+                        .record_failure(&endpoint, outcome, response.status().as_str());
+                    if sent >= self.attempts {
+                        return Ok(response);
+                    }
+                    last = Failure::Status(response);
+                }
+                Err(SendError::InvalidPath) => {
+                    return Err(Failure::Client(Problem::bad_request(
+                        "the request path cannot be forwarded",
+                    )));
+                }
+                Err(error) => {
+                    if let Some(problem) = self.fault.problem(self.gateway.max_body_bytes).await {
+                        // The client's body failed the attempt: nothing to hold against the
+                        // upstream, nothing to retry.
+                        return Err(Failure::Client(problem));
+                    }
+                    let outcome = match error {
+                        SendError::Timeout => Outcome::Timeout,
+                        SendError::Client(_) | SendError::InvalidPath => Outcome::Unreachable,
+                    };
+                    endpoint.metrics.attempt(outcome, seconds);
+                    self.pool
+                        .record_failure(&endpoint, outcome, &error.to_string());
+                    if !error.is_connect() {
+                        sent += 1; // it may have reached the instance
+                    }
+                    last = if outcome == Outcome::Timeout {
+                        Failure::Timeout
+                    } else {
+                        Failure::Unreachable
+                    };
+                }
+            }
+        }
+        match last {
+            Failure::Status(response) => Ok(response),
+            other => Err(other),
+        }
+    }
+
+    /// One attempt on `endpoint`, bounded by the try time-out and the overall deadline.
+    /// One attempt on `endpoint`, bounded by the try time-out and the overall deadline (until
+    /// the response's head; its body is relayed as it comes).
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        body: body::Outgoing,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Incoming>, SendError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _in_flight = endpoint.start();
+        let uri = endpoint
+            .uri(self.path, self.query)
+            .map_err(|_| SendError::InvalidPath)?;
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers.clone();
+        tokio::time::timeout(
+            self.gateway.try_timeout.min(left),
+            self.client.request(request),
+        )
+        .await
+        .map_err(|_| SendError::Timeout)?
+        .map_err(SendError::Client)
+    }
+
+    fn count(&self, family: &Family<RouteLabels, Counter>) {
+        family
+            .get_or_create(&RouteLabels {
+                route: self.service.name().to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Back-off between rounds of waiting for an instance to accept connections.
+const WAIT_BACKOFF_MIN: Duration = Duration::from_millis(25);
+const WAIT_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+impl Call<'_> {
+    /// Runs the attempts within the overall deadline and reports the outcome to the pool's
+    /// breaker through `permit`; the upstream's answer, or the problem to answer with.
+    pub async fn run(
+        &self,
+        body: Payload,
+        permit: Permit<'_>,
+    ) -> Result<Response<Incoming>, Problem> {
+        let deadline = tokio::time::Instant::now() + self.gateway.timeout;
+        let result = match tokio::time::timeout_at(deadline, self.attempts(body, deadline)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Timeout),
+        };
+        match result {
+            Ok(response) => {
+                let status = response.status();
+                if unhealthy(status) {
+                    permit.failure(Instant::now());
+                } else if !status.is_server_error() {
+                    permit.success(Instant::now());
+                }
+                // Else a 500 (or 501, 505…): the permit is dropped unreported, counting nothing.
+                Ok(response)
+            }
+            Err(Failure::Client(problem)) => Err(problem),
+            Err(failure) => {
+                permit.failure(Instant::now());
+                Err(exhausted(self.service.name(), &failure))
+            }
+        }
+    }
+}
+
+/// The answer when no attempt succeeded.
+fn exhausted(service: &str, failure: &Failure) -> Problem {
+    match failure {
+        Failure::Timeout => Problem::new(ProblemStatus::GATEWAY_TIMEOUT)
+            .detail(format!("{service} did not answer in time")),
+        Failure::Unreachable | Failure::Status(_) => Problem::new(ProblemStatus::BAD_GATEWAY)
+            .detail(format!("no instance of {service} could be reached"))
+            .retry_after(1),
+        Failure::Client(problem) => problem.clone(),
+        Failure::NoEndpoint => Problem::new(ProblemStatus::SERVICE_UNAVAILABLE)
+            .detail(format!("{service} has no instance"))
+            .retry_after(1),
+    }
+}
+
+/// Why one attempt got no answer.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("no answer within the try time-out")]
+    Timeout,
+    /// The client's path and query do not make a URI on the endpoint (never sent).
+    #[error("the request path cannot be forwarded")]
+    InvalidPath,
+    #[error("{0}")]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// The connection was never established: the request cannot have reached the instance.
+    fn is_connect(&self) -> bool {
+        matches!(self, Self::Client(error) if error.is_connect())
+    }
+}
+
+/// Why a request got no answer from upstream.
+enum Failure {
+    Timeout,
+    Unreachable,
+    /// Every attempt answered 502/503/504; the last answer is relayed.
+    Status(Response<Incoming>),
+    NoEndpoint,
+    /// The client's body failed the attempt (over the limit, unreadable).
+    Client(Problem),
+}
