@@ -129,34 +129,16 @@ struct RouteView {
     route: String,
     prefix: String,
     /// The stable pool taking traffic.
-    active: PoolName,
+    active: PoolKind,
     /// The canary's share in percent; `null` without a canary pool.
     #[schema(minimum = 0, maximum = 100)]
     canary_weight: Option<u8>,
     pools: Vec<PoolView>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-enum PoolName {
-    Blue,
-    Green,
-    Canary,
-}
-
-impl From<PoolKind> for PoolName {
-    fn from(kind: PoolKind) -> Self {
-        match kind {
-            PoolKind::Blue => Self::Blue,
-            PoolKind::Green => Self::Green,
-            PoolKind::Canary => Self::Canary,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 struct PoolView {
-    pool: PoolName,
+    pool: PoolKind,
     active: bool,
     /// The configured URLs; a hostname stands for every address it resolves to.
     targets: Vec<String>,
@@ -196,7 +178,7 @@ fn view(route: &Route) -> RouteView {
     let pools = service
         .pools()
         .map(|pool| PoolView {
-            pool: pool.kind().into(),
+            pool: pool.kind(),
             active: std::sync::Arc::ptr_eq(pool, service.active()),
             targets: pool
                 .targets()
@@ -227,7 +209,7 @@ fn view(route: &Route) -> RouteView {
     RouteView {
         route: service.name().to_owned(),
         prefix: route.prefix.clone(),
-        active: service.active().kind().into(),
+        active: service.active().kind(),
         canary_weight: service.canary().map(|_| service.canary_weight()),
         pools,
     }

@@ -1,4 +1,7 @@
-//! Gateway settings, from the environment only.
+//! Gateway settings, from the environment only: [`GatewayEnv`] is what the environment says
+//! (read by serde), [`GatewayConfig`] the same parsed once into typed values — routes,
+//! durations, pool kinds, networks, policies — so that nothing after start-up parses a string,
+//! and a bad value stops the process at start with the variable's name.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -13,13 +16,14 @@ use serde::Deserialize;
 use crate::{
     pool::{HealthPolicy, PoolKind},
     routes::RouteSpec,
+    service::CanaryKeys,
 };
 
 /// From `ROUTES`, `GREEN_ROUTES`, `CANARY_*`, `DISCOVERY_*`, `HEALTH_CHECK_*`, `UPSTREAM_*`,
 /// `EJECT_*`, `BREAKER_*`, `RETRY_*`, `RATE_LIMIT_*`, `TRUSTED_PROXIES`, `MAX_BODY_BYTES`,
 /// `ADMIN_*`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct GatewayConfig {
+pub struct GatewayEnv {
     /// The stable (blue) pool of every route: `prefix=url[,url…][;prefix=url…]`, e.g.
     /// `/api/catalog=http://127.0.0.1:8081,http://127.0.0.1:8083;/api/orders=http://127.0.0.1:8082`.
     pub routes: String,
@@ -202,83 +206,54 @@ fn default_admin_port() -> u16 {
     9901
 }
 
-impl GatewayConfig {
-    pub fn health_policy(&self) -> HealthPolicy {
-        HealthPolicy {
-            eject_after_failures: self.eject_after_failures.max(1),
-            eject_for: Duration::from_millis(self.eject_for_ms),
-        }
-    }
+/// Active health checks: what to ask every instance, how often, within what time.
+#[derive(Debug, Clone)]
+pub struct HealthChecks {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
 
-    pub fn breaker(&self) -> Result<BreakerConfig, ConfigError> {
-        let open_for = Duration::from_millis(self.breaker_open_ms);
-        let config = BreakerConfig {
-            window: self.breaker_window,
-            minimum_calls: self.breaker_min_calls,
-            failure_rate: f64::from(self.breaker_failure_percent) / 100.0,
-            open_for,
-            max_open_for: open_for * 12,
-            half_open_probes: 1,
-        };
-        config
-            .validate()
-            .map_err(|e| ConfigError::new("BREAKER_WINDOW", e.to_string()))?;
-        Ok(config)
-    }
+/// The admin API's address and bearer token (it is off without a token).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub host: String,
+    pub port: u16,
+    pub token: Option<String>,
+}
 
-    pub fn retry_budget(&self) -> BudgetConfig {
-        BudgetConfig {
-            ratio: f64::from(self.retry_budget_percent) / 100.0,
-            min_per_second: f64::from(self.retry_min_per_sec),
-            cap: 1000.0,
-        }
-    }
+/// The gateway's settings as typed values (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Every route with its pools; a green or canary route is always a route of `ROUTES`.
+    pub routes: Vec<RouteSpec>,
+    /// The stable pool taking traffic at start (blue or green).
+    pub active_pool: PoolKind,
+    pub canary_weight: u8,
+    pub canary_keys: CanaryKeys,
+    pub discovery_interval: Duration,
+    pub discovery_nameserver: Option<SocketAddr>,
+    /// `None`: active checks off, instances take traffic at once.
+    pub health_checks: Option<HealthChecks>,
+    pub connect_timeout: Duration,
+    pub try_timeout: Duration,
+    pub timeout: Duration,
+    pub wait_for_instance: Duration,
+    pub retry_backoff: Duration,
+    pub attempts: usize,
+    pub retry_budget: BudgetConfig,
+    pub health_policy: HealthPolicy,
+    pub breaker: BreakerConfig,
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: Option<u32>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: usize,
+    pub admin: AdminConfig,
+}
 
-    /// Every route's pools, checked: each green or canary route must be a route of `ROUTES`.
-    pub fn route_specs(&self) -> Result<Vec<RouteSpec>, ConfigError> {
-        RouteSpec::parse_all(&[
-            (PoolKind::Blue, "ROUTES", &self.routes),
-            (PoolKind::Green, "GREEN_ROUTES", &self.green_routes),
-            (PoolKind::Canary, "CANARY_ROUTES", &self.canary_routes),
-        ])
-        .map_err(|(variable, reason)| ConfigError::new(variable, reason))
-    }
-
-    pub fn green_active(&self) -> Result<bool, ConfigError> {
-        match self.active_pool.as_str() {
-            "blue" => Ok(false),
-            "green" => Ok(true),
-            other => Err(ConfigError::new(
-                "ACTIVE_POOL",
-                format!("`{other}` is neither `blue` nor `green`"),
-            )),
-        }
-    }
-
-    pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, ConfigError> {
-        self.trusted_proxies
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|cidr| {
-                cidr.parse::<IpNet>()
-                    .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        ConfigError::new(
-                            "TRUSTED_PROXIES",
-                            format!("`{cidr}` is not an address or CIDR"),
-                        )
-                    })
-            })
-            .collect()
-    }
-
-    /// Every check that `serde` cannot make, so a bad value stops the process at start.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.route_specs()?;
-        self.green_active()?;
-        self.trusted_proxies()?;
-        self.breaker()?;
+impl GatewayEnv {
+    /// Parses every value into its type; errors name the variable.
+    pub fn parse(self) -> Result<GatewayConfig, ConfigError> {
         if self.upstream_attempts == 0 {
             return Err(ConfigError::new("UPSTREAM_ATTEMPTS", "must be at least 1"));
         }
@@ -303,8 +278,102 @@ impl GatewayConfig {
                 "must be at least 16 characters",
             ));
         }
-        Ok(())
+        let routes = RouteSpec::parse_all(&[
+            (PoolKind::Blue, "ROUTES", &self.routes),
+            (PoolKind::Green, "GREEN_ROUTES", &self.green_routes),
+            (PoolKind::Canary, "CANARY_ROUTES", &self.canary_routes),
+        ])
+        .map_err(|(variable, reason)| ConfigError::new(variable, reason))?;
+        let active_pool = match self.active_pool.as_str() {
+            "blue" => PoolKind::Blue,
+            "green" => PoolKind::Green,
+            other => {
+                return Err(ConfigError::new(
+                    "ACTIVE_POOL",
+                    format!("`{other}` is neither `blue` nor `green`"),
+                ));
+            }
+        };
+        let breaker = self.breaker()?;
+        let trusted_proxies = parse_networks(&self.trusted_proxies)?;
+        let ms = Duration::from_millis;
+        Ok(GatewayConfig {
+            routes,
+            active_pool,
+            canary_weight: self.canary_weight,
+            canary_keys: CanaryKeys {
+                force_header: self.canary_header.to_ascii_lowercase(),
+                key_header: self.canary_key_header.to_ascii_lowercase(),
+                key_cookie: self.canary_key_cookie,
+            },
+            discovery_interval: ms(self.discovery_interval_ms),
+            discovery_nameserver: self.discovery_nameserver,
+            health_checks: (self.health_check_interval_ms > 0).then(|| HealthChecks {
+                path: self.health_check_path,
+                interval: ms(self.health_check_interval_ms),
+                timeout: ms(self.health_check_timeout_ms),
+            }),
+            connect_timeout: ms(self.upstream_connect_timeout_ms),
+            try_timeout: ms(self.upstream_try_timeout_ms),
+            timeout: ms(self.upstream_timeout_ms),
+            wait_for_instance: ms(self.upstream_wait_for_instance_ms),
+            retry_backoff: ms(self.retry_backoff_ms),
+            attempts: self.upstream_attempts,
+            retry_budget: BudgetConfig {
+                ratio: f64::from(self.retry_budget_percent) / 100.0,
+                min_per_second: f64::from(self.retry_min_per_sec),
+                cap: 1000.0,
+            },
+            health_policy: HealthPolicy {
+                eject_after_failures: self.eject_after_failures.max(1),
+                eject_for: ms(self.eject_for_ms),
+            },
+            breaker,
+            rate_limit_per_sec: self.rate_limit_per_sec,
+            rate_limit_burst: self.rate_limit_burst,
+            trusted_proxies,
+            max_body_bytes: self.max_body_bytes,
+            admin: AdminConfig {
+                host: self.admin_host,
+                port: self.admin_port,
+                token: self.admin_token,
+            },
+        })
     }
+
+    fn breaker(&self) -> Result<BreakerConfig, ConfigError> {
+        let open_for = Duration::from_millis(self.breaker_open_ms);
+        let config = BreakerConfig {
+            window: self.breaker_window,
+            minimum_calls: self.breaker_min_calls,
+            failure_rate: f64::from(self.breaker_failure_percent) / 100.0,
+            open_for,
+            max_open_for: open_for * 12,
+            half_open_probes: 1,
+        };
+        config
+            .validate()
+            .map_err(|e| ConfigError::new("BREAKER_WINDOW", e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// `TRUSTED_PROXIES`: comma-separated CIDRs or single addresses.
+fn parse_networks(list: &str) -> Result<Vec<IpNet>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|cidr| {
+            cidr.parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        "TRUSTED_PROXIES",
+                        format!("`{cidr}` is not an address or CIDR"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Everything `gateway serve` needs.
@@ -316,12 +385,10 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let settings = Self {
+        Ok(Self {
             http: from_env()?,
-            gateway: from_env()?,
-        };
-        settings.gateway.validate()?;
-        Ok(settings)
+            gateway: from_env::<GatewayEnv>()?.parse()?,
+        })
     }
 }
 
@@ -331,17 +398,17 @@ mod tests {
 
     use super::*;
 
-    fn config(vars: &[(&str, &str)]) -> GatewayConfig {
+    fn config(vars: &[(&str, &str)]) -> GatewayEnv {
         from_vars(vars.iter().copied()).unwrap()
     }
 
     #[test]
     fn a_missing_or_malformed_route_table_names_routes() {
-        let missing = from_vars::<GatewayConfig, &str, &str>([]).unwrap_err();
+        let missing = from_vars::<GatewayEnv, &str, &str>([]).unwrap_err();
         assert_eq!(missing.variable, "ROUTES");
 
         let malformed = config(&[("ROUTES", "/api=ftp://nowhere")])
-            .validate()
+            .parse()
             .unwrap_err();
         assert_eq!(malformed.variable, "ROUTES");
         assert!(malformed.reason.contains("ftp://nowhere"), "{malformed}");
@@ -360,10 +427,10 @@ mod tests {
             ("ADMIN_TOKEN", "short"),
             ("HEALTH_CHECK_PATH", "health"),
         ] {
-            let error = config(&[routes, (variable, value)]).validate().unwrap_err();
+            let error = config(&[routes, (variable, value)]).parse().unwrap_err();
             assert_eq!(error.variable, variable, "{error}");
         }
-        let typo = from_vars::<GatewayConfig, _, _>([routes, ("CANARY_WEIGHT", "ten")]);
+        let typo = from_vars::<GatewayEnv, _, _>([routes, ("CANARY_WEIGHT", "ten")]);
         assert_eq!(typo.unwrap_err().variable, "CANARY_WEIGHT");
     }
 
@@ -373,7 +440,7 @@ mod tests {
             ("ROUTES", "/api/a=http://127.0.0.1:1"),
             ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
         ]);
-        let nets = config.trusted_proxies().unwrap();
+        let nets = config.parse().unwrap().trusted_proxies;
         assert!(nets[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
         assert!(nets[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
     }

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - `main.rs`: command dispatch (`serve | healthcheck`).
-//! - [`config`]: settings from the environment.
+//! - [`config`]: settings from the environment, parsed once into typed values at start.
 //! - [`routes`]: the route table (longest prefix wins and is stripped) and its parsing.
 //! - [`service`]: a routed service: stable pools (blue-green), canary pool and split, retry
 //!   budget.

@@ -29,8 +29,11 @@ use url::Url;
 
 use crate::metrics::{EndpointLabels, EndpointMetrics, GatewayMetrics, Outcome};
 
-/// Which pool of a route a list of URLs describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which pool of a route a list of URLs describes. The admin API shows it by name
+/// (`blue`, `green`, `canary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = PoolName)]
 pub enum PoolKind {
     /// The stable pool (`ROUTES`), active unless green is.
     Blue,

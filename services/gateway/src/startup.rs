@@ -47,16 +47,16 @@ impl Application {
         let listeners = Listeners::bind(&http.host, http.port, workers)?;
         tracing::info!(address = %format!("{}:{}", http.host, listeners.port()), workers, "listening");
         let admin = crate::admin::bind(
-            &config.admin_host,
-            config.admin_port,
-            config.admin_token.as_deref(),
+            &config.admin.host,
+            config.admin.port,
+            config.admin.token.as_deref(),
             web::Data::from(Arc::clone(&gateway)),
         )?;
         let shared = Arc::new(Shared {
             gateway,
             health: Arc::new(Health::new(SERVICE)),
             metrics: Arc::new(metrics),
-            connect_timeout: Duration::from_millis(config.upstream_connect_timeout_ms),
+            connect_timeout: config.connect_timeout,
         });
         Ok(Self {
             listeners,

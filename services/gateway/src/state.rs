@@ -18,7 +18,7 @@ use crate::{
     pool::{Pool, PoolKind},
     ratelimit::ClientLimiter,
     routes::{Route, RouteTable},
-    service::{CanaryKeys, Service},
+    service::Service,
 };
 
 #[derive(Debug)]
@@ -45,13 +45,7 @@ impl Gateway {
         config: &GatewayConfig,
         metrics: Arc<GatewayMetrics>,
     ) -> anyhow::Result<Self> {
-        let active_checks = config.health_check_interval_ms > 0;
-        let breaker = config.breaker()?;
-        let keys = CanaryKeys {
-            force_header: config.canary_header.to_ascii_lowercase(),
-            key_header: config.canary_key_header.to_ascii_lowercase(),
-            key_cookie: config.canary_key_cookie.clone(),
-        };
+        let active_checks = config.health_checks.is_some();
         let pool = |name: &str, kind, urls: &[url::Url]| -> anyhow::Result<Option<Pool>> {
             if urls.is_empty() {
                 return Ok(None);
@@ -60,57 +54,57 @@ impl Gateway {
                 name,
                 kind,
                 urls.to_vec(),
-                breaker.clone(),
-                config.health_policy(),
+                config.breaker.clone(),
+                config.health_policy.clone(),
                 active_checks,
                 Arc::clone(&metrics),
             )?))
         };
         let mut routes = Vec::new();
-        for spec in config.route_specs()? {
+        for spec in &config.routes {
             let service = Service::new(
                 &spec.name,
                 pool(&spec.name, PoolKind::Blue, &spec.blue)?
                     .expect("ROUTES lists a URL per route"),
                 pool(&spec.name, PoolKind::Green, &spec.green)?,
                 pool(&spec.name, PoolKind::Canary, &spec.canary)?,
-                config.green_active()? && !spec.green.is_empty(),
+                config.active_pool == PoolKind::Green && !spec.green.is_empty(),
                 config.canary_weight,
-                keys.clone(),
-                RetryBudget::new(config.retry_budget(), Instant::now()),
+                config.canary_keys.clone(),
+                RetryBudget::new(config.retry_budget.clone(), Instant::now()),
             );
             routes.push(Route {
-                prefix: spec.prefix,
+                prefix: spec.prefix.clone(),
                 service: Arc::new(service),
             });
         }
-        let connect_timeout = Duration::from_millis(config.upstream_connect_timeout_ms);
         let gateway = Self {
             routes: RouteTable::new(routes),
             limiter: ClientLimiter::new(
                 config.rate_limit_per_sec,
                 config.rate_limit_burst,
-                config.trusted_proxies()?,
+                config.trusted_proxies.clone(),
             ),
-            attempts: config.upstream_attempts,
-            try_timeout: Duration::from_millis(config.upstream_try_timeout_ms),
-            timeout: Duration::from_millis(config.upstream_timeout_ms),
-            retry_backoff: Duration::from_millis(config.retry_backoff_ms),
-            wait_for_instance: Duration::from_millis(config.upstream_wait_for_instance_ms),
+            attempts: config.attempts,
+            try_timeout: config.try_timeout,
+            timeout: config.timeout,
+            retry_backoff: config.retry_backoff,
+            wait_for_instance: config.wait_for_instance,
             max_body_bytes: config.max_body_bytes,
             metrics,
             resolver: Resolver::new(config.discovery_nameserver)?,
-            checker: active_checks
-                .then(|| {
-                    HealthChecker::new(
-                        &config.health_check_path,
-                        Duration::from_millis(config.health_check_timeout_ms),
-                        connect_timeout,
-                    )
+            checker: config
+                .health_checks
+                .as_ref()
+                .map(|checks| {
+                    HealthChecker::new(&checks.path, checks.timeout, config.connect_timeout)
                 })
                 .transpose()?,
-            discovery_interval: Duration::from_millis(config.discovery_interval_ms),
-            check_interval: Duration::from_millis(config.health_check_interval_ms),
+            discovery_interval: config.discovery_interval,
+            check_interval: config
+                .health_checks
+                .as_ref()
+                .map_or(Duration::ZERO, |checks| checks.interval),
         };
         gateway.discover().await;
         gateway.update_gauges();

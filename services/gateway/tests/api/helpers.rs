@@ -8,7 +8,10 @@ use std::{
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
 use dockyard_runtime::{config, server::HttpConfig, telemetry};
-use gateway::{config::Settings, startup::Application};
+use gateway::{
+    config::{GatewayEnv, Settings},
+    startup::Application,
+};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
@@ -160,9 +163,11 @@ pub async fn gateway_with(routes: &str, extra: &[(&str, &str)]) -> TestGateway {
     }
     let settings = Settings {
         http: HttpConfig::ephemeral(),
-        gateway: config::from_vars(vars).unwrap(),
+        gateway: config::from_vars::<GatewayEnv, _, _>(vars)
+            .unwrap()
+            .parse()
+            .unwrap(),
     };
-    settings.gateway.validate().unwrap();
     let app = Application::build(&settings).await.unwrap();
     let url = format!("http://127.0.0.1:{}", app.port());
     let admin = app
