@@ -24,7 +24,8 @@
 //!   [`attempts`] (endpoints, retries, budget, deadline, what counts against an upstream).
 //! - [`admin`]: the authenticated admin API.
 //! - [`metrics`]: per route, pool and endpoint metrics.
-//! - [`state`]: the shared state and its upkeep task; [`startup`] builds and runs it all.
+//! - [`state`]: what the workers share; [`upkeep`]: discovery, health checks and gauges in the
+//!   background; [`startup`] builds and runs it all.
 
 pub mod admin;
 pub mod admission;
@@ -45,6 +46,7 @@ pub mod server;
 pub mod service;
 pub mod startup;
 pub mod state;
+pub mod upkeep;
 
 /// The service name in logs, health reports and usage lines.
 pub const SERVICE: &str = "gateway";

@@ -14,12 +14,14 @@ use crate::{
     metrics::GatewayMetrics,
     server::{DataPlane, Listeners, Shared},
     state::Gateway,
+    upkeep::Upkeep,
 };
 
 /// A bound, ready-to-run gateway.
 pub struct Application {
     listeners: Listeners,
     shared: Arc<Shared>,
+    upkeep: Upkeep,
     http: HttpConfig,
     admin: Option<(ActixServer, u16)>,
 }
@@ -39,7 +41,8 @@ impl Application {
         let gateway_metrics = Arc::new(GatewayMetrics::new());
         let mut metrics = Metrics::new();
         gateway_metrics.register(&mut metrics);
-        let gateway = Arc::new(Gateway::start(config, gateway_metrics).await?);
+        let gateway = Arc::new(Gateway::new(config, gateway_metrics)?);
+        let upkeep = Upkeep::start(config, Arc::clone(&gateway)).await?;
         let http = settings.http.clone();
         let workers = http
             .http_workers
@@ -61,6 +64,7 @@ impl Application {
         Ok(Self {
             listeners,
             shared,
+            upkeep,
             http,
             admin,
         })
@@ -82,7 +86,7 @@ impl Application {
         let stop = CancellationToken::new();
         // Stops the upkeep task also when this future is dropped rather than finished.
         let _stop_upkeep = stop.clone().drop_guard();
-        let upkeep = tokio::spawn(Arc::clone(&self.shared.gateway).run_upkeep(stop.clone()));
+        let upkeep = tokio::spawn(self.upkeep.run(stop.clone()));
         let admin = self.admin.map(|(server, _)| {
             let handle = server.handle();
             (tokio::spawn(server), handle)

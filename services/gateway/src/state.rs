@@ -1,6 +1,6 @@
 //! What every worker shares: the route table with its services and pools, the rate limiter,
-//! the limits, and the background upkeep that keeps the pools current (discovery, active
-//! health checks, gauges).
+//! the request policy (attempts, time-outs, body limit) and the metrics. Keeping the pools
+//! current is [`crate::upkeep`]'s job.
 
 use std::{
     sync::Arc,
@@ -8,12 +8,9 @@ use std::{
 };
 
 use dockyard_resilience::{RetryBudget, State};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
-    checks::HealthChecker,
     config::GatewayConfig,
-    discovery::Resolver,
     metrics::{GatewayMetrics, PoolLabels, RouteLabels, StateLabels},
     pool::{Pool, PoolKind},
     ratelimit::ClientLimiter,
@@ -32,19 +29,12 @@ pub struct Gateway {
     pub wait_for_instance: Duration,
     pub max_body_bytes: usize,
     pub metrics: Arc<GatewayMetrics>,
-    resolver: Resolver,
-    checker: Option<HealthChecker>,
-    discovery_interval: Duration,
-    check_interval: Duration,
 }
 
 impl Gateway {
-    /// Builds every pool and runs a first discovery and health-check round, so the gateway
-    /// starts with a current view.
-    pub async fn start(
-        config: &GatewayConfig,
-        metrics: Arc<GatewayMetrics>,
-    ) -> anyhow::Result<Self> {
+    /// Builds every route and pool (with no endpoint yet: [`crate::upkeep::Upkeep::start`]
+    /// discovers them).
+    pub fn new(config: &GatewayConfig, metrics: Arc<GatewayMetrics>) -> anyhow::Result<Self> {
         let active_checks = config.health_checks.is_some();
         let pool = |name: &str, kind, urls: &[url::Url]| -> anyhow::Result<Option<Pool>> {
             if urls.is_empty() {
@@ -78,7 +68,7 @@ impl Gateway {
                 service: Arc::new(service),
             });
         }
-        let gateway = Self {
+        Ok(Self {
             routes: RouteTable::new(routes),
             limiter: ClientLimiter::new(
                 config.rate_limit_per_sec,
@@ -92,46 +82,11 @@ impl Gateway {
             wait_for_instance: config.wait_for_instance,
             max_body_bytes: config.max_body_bytes,
             metrics,
-            resolver: Resolver::new(config.discovery_nameserver)?,
-            checker: config
-                .health_checks
-                .as_ref()
-                .map(|checks| {
-                    HealthChecker::new(&checks.path, checks.timeout, config.connect_timeout)
-                })
-                .transpose()?,
-            discovery_interval: config.discovery_interval,
-            check_interval: config
-                .health_checks
-                .as_ref()
-                .map_or(Duration::ZERO, |checks| checks.interval),
-        };
-        gateway.discover().await;
-        gateway.update_gauges();
-        Ok(gateway)
+        })
     }
 
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.routes.iter().flat_map(|route| route.service.pools())
-    }
-
-    /// Re-resolves every pool; checks newly discovered endpoints at once.
-    pub async fn discover(&self) {
-        for pool in self.pools() {
-            let changes = self.resolver.refresh(pool).await;
-            if let (Some(checker), false) = (&self.checker, changes.added.is_empty()) {
-                checker.check(pool, &changes.added).await;
-            }
-        }
-    }
-
-    /// One round of active health checks on every endpoint.
-    pub async fn check(&self) {
-        if let Some(checker) = &self.checker {
-            for pool in self.pools() {
-                checker.check(pool, &pool.endpoints()).await;
-            }
-        }
     }
 
     /// Refreshes the gauges (breaker states, endpoint states, weights, active pools).
@@ -176,32 +131,6 @@ impl Gateway {
                             state,
                         })
                         .set(i64::try_from(count).unwrap_or(i64::MAX));
-                }
-            }
-        }
-    }
-
-    /// Discovery, health checks and housekeeping until `stop` is cancelled.
-    pub async fn run_upkeep(self: Arc<Self>, stop: CancellationToken) {
-        let mut discovery = tokio::time::interval(self.discovery_interval);
-        let mut checks = tokio::time::interval(if self.checker.is_some() {
-            self.check_interval
-        } else {
-            Duration::from_secs(3600)
-        });
-        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
-        for timer in [&mut discovery, &mut checks, &mut housekeeping] {
-            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            timer.reset(); // the first round ran at start
-        }
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = discovery.tick() => self.discover().await,
-                _ = checks.tick() => self.check().await,
-                _ = housekeeping.tick() => {
-                    self.update_gauges();
-                    self.limiter.forget_idle();
                 }
             }
         }
