@@ -37,6 +37,9 @@ pub fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The content type of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// The process's metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -103,7 +106,7 @@ impl Default for Metrics {
 /// `GET /metrics`.
 pub async fn endpoint(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .content_type(CONTENT_TYPE)
         .body(metrics.render())
 }
 

@@ -24,11 +24,15 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// Whether a client's `X-Request-Id` is kept: printable ASCII, 1 to 128 bytes. Shared with
+/// servers that are not actix (the gateway's data plane).
+pub fn is_sane_request_id(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn incoming_request_id(request: &ServiceRequest) -> Option<String> {
     let value = request.headers().get(REQUEST_ID)?.to_str().ok()?;
-    let sane =
-        !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-    sane.then(|| value.to_owned())
+    is_sane_request_id(value).then(|| value.to_owned())
 }
 
 /// The middleware; mount with `actix_web::middleware::from_fn(observe::request)`.

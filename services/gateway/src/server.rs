@@ -26,6 +26,7 @@ use std::{
 use dockyard_runtime::{
     health::Health,
     metrics::{HttpLabels, Metrics, method_label},
+    observe,
     problem::Problem,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -57,7 +58,7 @@ pub type Body = Either<Full<Bytes>, Incoming>;
 /// A worker's HTTP client for the upstreams (hyper's, pooled connections per worker).
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, body::Outgoing>;
 
-const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 /// The metrics' `route` label of forwarded requests (the catch-all route's pattern).
 const FORWARD_ROUTE: &str = "/{path:.*}";
 /// Pending connections per listener.
@@ -370,9 +371,7 @@ fn new_request_id() -> String {
 /// The client's `X-Request-Id` when it is sane (printable ASCII, at most 128 bytes).
 fn incoming_request_id(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(REQUEST_ID)?.to_str().ok()?;
-    let sane =
-        !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-    sane.then_some(value)
+    observe::is_sane_request_id(value).then_some(value)
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
@@ -392,7 +391,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 fn metrics(metrics: &Metrics) -> Response<Body> {
     full(
         StatusCode::OK,
-        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        dockyard_runtime::metrics::CONTENT_TYPE,
         metrics.render().into_bytes(),
     )
 }
