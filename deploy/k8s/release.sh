@@ -8,8 +8,8 @@
 #  2. The release's Jobs (migrations, seed) are recreated, since a Job's pod template is
 #     immutable, and awaited: the schema is migrated before a pod of the new release starts.
 #  3. Then the Deployments roll, and the command waits for the released one.
-# The placeholder Secret of the base is never applied: the cluster's own `dockyard-secrets`
-# (from its secret store) must exist.
+# The placeholder Secrets of the base are never applied: the cluster's own `dockyard-secrets`
+# and `dockyard-auth` (from its secret store) must exist.
 # Needs kubectl and kustomize (both are on GitHub's Ubuntu runners).
 set -euo pipefail
 
@@ -31,10 +31,12 @@ trap 'rm -rf "$work"' EXIT
 cp -R "$k8s_dir/." "$work/"
 cd "$work/overlays/$overlay"
 
-if ! kubectl -n "$namespace" get secret dockyard-secrets >/dev/null; then
-  echo "$0: create the Secret dockyard-secrets in namespace $namespace first" >&2
-  exit 1
-fi
+for secret in dockyard-secrets dockyard-auth; do
+  if ! kubectl -n "$namespace" get secret "$secret" >/dev/null; then
+    echo "$0: create the Secret $secret in namespace $namespace first" >&2
+    exit 1
+  fi
+done
 
 # 1. In the manifests, every Deployment's image is named ghcr.io/dockyard/<deployment>.
 #    Captured first so that a failing kubectl stops the release (set -e).

@@ -13,6 +13,7 @@
 //! - [`observe`]: per-request middleware: `X-Request-Id`, one log event and RED metrics per request.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`health`]: `/health/live` and `/health/ready`, and the draining flag shutdown flips.
+//! - [`identity`]: the caller the gateway vouches for (`X-Identity-*` headers, `REQUIRE_IDENTITY`).
 //! - [`id`]: [`id::Id`], a UUID in the one spelling the API documents.
 //! - [`number`]: [`number::Whole`], an integer as JSON Schema means it (`12.0` included).
 //! - [`openapi`]: shared OpenAPI schemas, `GET /openapi.json`, `405` with `Allow`.
@@ -29,6 +30,7 @@ pub mod exit;
 pub mod health;
 pub mod healthcheck;
 pub mod id;
+pub mod identity;
 pub mod metrics;
 pub mod number;
 pub mod observe;

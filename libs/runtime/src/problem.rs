@@ -35,7 +35,11 @@ pub struct Problem {
     pub extensions: Map<String, Value>,
     /// Seconds a client should wait before retrying (sent as `Retry-After`).
     #[serde(skip)]
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
+    /// The challenge of a `401` (sent as `WWW-Authenticate`, RFC 9110 §11.6.1). Boxed, like
+    /// `retry_after` kept to 32 bits, so a `Problem` stays small enough to return by value.
+    #[serde(skip)]
+    pub www_authenticate: Option<Box<Cow<'static, str>>>,
 }
 
 impl Problem {
@@ -48,6 +52,7 @@ impl Problem {
             detail: None,
             extensions: Map::new(),
             retry_after: None,
+            www_authenticate: None,
         }
     }
 
@@ -74,8 +79,24 @@ impl Problem {
 
     #[must_use]
     pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
+        self.retry_after = Some(u32::try_from(seconds).unwrap_or(u32::MAX));
         self
+    }
+
+    /// `401` with the `WWW-Authenticate` challenge a client must answer.
+    pub fn unauthorized(
+        challenge: impl Into<Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            www_authenticate: Some(Box::new(challenge.into())),
+            ..Self::new(StatusCode::UNAUTHORIZED).detail(detail)
+        }
+    }
+
+    /// `403`: the caller is known and not allowed.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN).detail(detail)
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -142,6 +163,9 @@ impl ResponseError for Problem {
         response.insert_header((header::CONTENT_TYPE, CONTENT_TYPE));
         if let Some(seconds) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, seconds));
+        }
+        if let Some(challenge) = &self.www_authenticate {
+            response.insert_header((header::WWW_AUTHENTICATE, challenge.as_ref().as_ref()));
         }
         response.body(serde_json::to_vec(self).expect("a problem always serialises"))
     }

@@ -11,13 +11,17 @@
 //!   backing service (the broker, the database) without touching the shared server.
 //! - [`LocalDns`]: a DNS server on loopback with answers the caller changes, for service
 //!   discovery the way Compose and Kubernetes do it.
+//! - [`TokenIssuer`]: an ES256 signing key, its JWKS, and bearer tokens signed with it, for the
+//!   gateway's tests and `cargo xtask token` (local development).
 
 mod dns;
 mod proxy;
+mod tokens;
 
 pub use dns::LocalDns;
 pub use proxy::TcpProxy;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
+pub use tokens::{Grant, TokenIssuer};
 use url::Url;
 
 /// The server tests use when `DATABASE_URL` is not set: the machine's local PostgreSQL.

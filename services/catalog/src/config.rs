@@ -6,6 +6,7 @@ use dockyard_runtime::{
     command::DlqCommand,
     config::{ConfigError, from_env},
     database::DatabaseConfig,
+    identity::IdentityConfig,
     server::HttpConfig,
 };
 
@@ -47,6 +48,8 @@ pub struct Settings {
     pub http: HttpConfig,
     pub database: DatabaseConfig,
     pub broker: BrokerConfig,
+    /// `REQUIRE_IDENTITY`: writes need the gateway's identity headers.
+    pub identity: IdentityConfig,
 }
 
 impl Settings {
@@ -56,6 +59,7 @@ impl Settings {
             http: from_env()?,
             database: from_env()?,
             broker: from_env()?,
+            identity: from_env()?,
         };
         settings.database.connect_options()?;
         settings.broker.validate()?;

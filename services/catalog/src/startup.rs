@@ -48,8 +48,9 @@ impl Application {
         let outbox = OutboxGauges::default();
         outbox.register(&mut metrics);
         let store = ProductStore::new(database.clone());
+        let identity = settings.identity;
         let server = server::bind(&settings.http, health, metrics, move |config| {
-            routes::configure(config, store.clone());
+            routes::configure(config, store.clone(), identity);
         })?;
         Ok(Self {
             server,

@@ -1,12 +1,17 @@
-//! The admin API: a separate listener on `ADMIN_HOST:ADMIN_PORT` (loopback by default), on
-//! only when `ADMIN_TOKEN` is set, every call authenticated with `Authorization: Bearer
-//! <ADMIN_TOKEN>` (401 otherwise). Tokens are compared as SHA-256 digests in constant time,
-//! so neither the content nor the length of the token leaks through timing.
+//! The admin listener, on `ADMIN_HOST:ADMIN_PORT` (loopback by default; another address only
+//! with `ADMIN_ALLOW_REMOTE=true`), never the public port. It serves the gateway's own
+//! metrics, and the admin API when `ADMIN_TOKEN` is set, every call of which is authenticated
+//! with `Authorization: Bearer <ADMIN_TOKEN>` (401 otherwise). Tokens are compared as SHA-256
+//! digests in constant time, so neither the content nor the length of the token leaks through
+//! timing.
 //!
+//! - `GET /metrics`: the gateway's Prometheus metrics (no token needed: for the scraper).
 //! - `GET /upstreams`: every route, its pools, breaker states and endpoints.
 //! - `PUT /upstreams/{route}/canary` `{"weight": 25}`: the canary's share, in percent.
 //! - `PUT /upstreams/{route}/active` `{"pool": "green"}`: switches blue-green at once.
 //! - `GET /openapi.json`: this API's OpenAPI document (no token needed).
+//!
+//! Without `ADMIN_TOKEN` the `/upstreams` resources answer `404`.
 
 use std::{net::TcpListener, time::Instant};
 
@@ -14,12 +19,13 @@ use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer, ResponseError,
     body::MessageBody,
     dev::{Server, ServiceRequest, ServiceResponse},
-    http::header::{self, HeaderValue},
+    http::header,
     middleware::{Next, from_fn},
     web,
 };
 use dockyard_resilience::State;
 use dockyard_runtime::{
+    metrics::Metrics,
     number::Whole,
     openapi::{self, ProblemSchema, method_not_allowed},
     problem::{self, FieldError, Problem},
@@ -29,10 +35,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::{pool::PoolKind, routes::Route, service::ChangeError, state::Gateway};
+use crate::{
+    config::AdminConfig, pool::PoolKind, routes::Route, service::ChangeError, state::Gateway,
+};
 
-/// The token's digest; what requests are compared against.
-struct TokenDigest([u8; 32]);
+/// The token's digest; what requests are compared against (`None`: the admin API is off).
+struct TokenDigest(Option<[u8; 32]>);
 
 fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
@@ -42,13 +50,18 @@ async fn authorize(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if request.path() == "/openapi.json" {
+    if matches!(request.path(), "/openapi.json" | "/metrics") {
         return Ok(next.call(request).await?.map_into_left_body());
     }
-    let expected = request
+    let Some(expected) = request
         .app_data::<web::Data<TokenDigest>>()
         .expect("the admin app holds the token digest")
-        .0;
+        .0
+    else {
+        let response = Problem::not_found("the admin API is off: the gateway has no ADMIN_TOKEN")
+            .error_response();
+        return Ok(request.into_response(response).map_into_right_body());
+    };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -57,34 +70,41 @@ async fn authorize(
     if presented.is_some_and(|token| bool::from(digest(token.as_bytes()).ct_eq(&expected))) {
         return Ok(next.call(request).await?.map_into_left_body());
     }
-    let mut response = Problem::new(actix_web::http::StatusCode::UNAUTHORIZED)
-        .detail("the admin API needs `Authorization: Bearer <ADMIN_TOKEN>`")
-        .error_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let response = Problem::unauthorized(
+        "Bearer",
+        "the admin API needs `Authorization: Bearer <ADMIN_TOKEN>`",
+    )
+    .error_response();
     Ok(request.into_response(response).map_into_right_body())
 }
 
-/// Binds the admin listener; `None` when no token is set.
+/// Binds the admin listener.
 pub fn bind(
-    host: &str,
-    port: u16,
-    token: Option<&str>,
+    config: &AdminConfig,
     gateway: web::Data<Gateway>,
-) -> std::io::Result<Option<(Server, u16)>> {
-    let Some(token) = token else {
-        tracing::info!("ADMIN_TOKEN is not set: the admin API is off");
-        return Ok(None);
-    };
-    let listener = TcpListener::bind((host, port))?;
+    metrics: web::Data<Metrics>,
+) -> std::io::Result<(Server, u16)> {
+    if config.token.is_none() {
+        tracing::info!("ADMIN_TOKEN is not set: the admin API is off (metrics are served)");
+    }
+    if config.remote {
+        tracing::warn!(host = %config.host, "the admin listener is on a non-loopback address (ADMIN_ALLOW_REMOTE): keep its port off any public network");
+    }
+    let listener = TcpListener::bind((config.host.as_str(), config.port))?;
     let port = listener.local_addr()?.port();
-    let token = web::Data::new(TokenDigest(digest(token.as_bytes())));
+    let token = web::Data::new(TokenDigest(
+        config
+            .token
+            .as_deref()
+            .map(|token| digest(token.as_bytes())),
+    ));
     let server = HttpServer::new(move || {
         App::new()
             .wrap(from_fn(authorize))
             .app_data(token.clone())
             .app_data(gateway.clone())
+            .app_data(metrics.clone())
+            .route("/metrics", web::get().to(render_metrics))
             .app_data(problem::json_config(4096))
             .app_data(problem::path_config())
             .service(
@@ -112,8 +132,14 @@ pub fn bind(
     .disable_signals()
     .listen(listener)?
     .run();
-    tracing::info!(address = %format!("{host}:{port}"), "admin API listening");
-    Ok(Some((server, port)))
+    tracing::info!(address = %format!("{}:{port}", config.host), "admin listener (admin API, metrics) listening");
+    Ok((server, port))
+}
+
+async fn render_metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(dockyard_runtime::metrics::CONTENT_TYPE)
+        .body(metrics.render())
 }
 
 /// Every route of the gateway.

@@ -3,7 +3,11 @@
 //! durations, pool kinds, networks, policies — so that nothing after start-up parses a string,
 //! and a bad value stops the process at start with the variable's name.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use dockyard_resilience::{BreakerConfig, BudgetConfig};
 use dockyard_runtime::{
@@ -12,8 +16,11 @@ use dockyard_runtime::{
 };
 use ipnet::IpNet;
 use serde::Deserialize;
+use url::Url;
 
 use crate::{
+    auth::{AuthConfig, KeySource, PolicyRule},
+    paths::InternalPaths,
     pool::{HealthPolicy, PoolKind},
     routes::RouteSpec,
     service::CanaryKeys,
@@ -21,7 +28,7 @@ use crate::{
 
 /// From `ROUTES`, `GREEN_ROUTES`, `CANARY_*`, `DISCOVERY_*`, `HEALTH_CHECK_*`, `UPSTREAM_*`,
 /// `EJECT_*`, `BREAKER_*`, `RETRY_*`, `RATE_LIMIT_*`, `TRUSTED_PROXIES`, `MAX_BODY_BYTES`,
-/// `ADMIN_*`.
+/// `AUTH_*`, `INTERNAL_PATHS`, `ADMIN_*`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewayEnv {
     /// The stable (blue) pool of every route: `prefix=url[,url…][;prefix=url…]`, e.g.
@@ -120,14 +127,52 @@ pub struct GatewayEnv {
     /// Largest request body accepted (413 above).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// The admin API listens here (loopback by default)…
+    /// Bearer tokens are verified with the keys of this JWKS file…
+    #[serde(default)]
+    pub auth_jwks_file: Option<PathBuf>,
+    /// …or of this JWKS URL (fetched at start, then every `AUTH_JWKS_REFRESH_SECS`)…
+    #[serde(default)]
+    pub auth_jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh_secs")]
+    pub auth_jwks_refresh_secs: u64,
+    /// …or, for local development only, with this HS256 secret (at least 32 bytes).
+    #[serde(default)]
+    pub auth_hs256_secret: Option<String>,
+    /// The `iss` and `aud` every token must carry (required with verification on).
+    #[serde(default)]
+    pub auth_issuer: Option<String>,
+    #[serde(default)]
+    pub auth_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway_secs")]
+    pub auth_leeway_secs: u64,
+    /// Per-route rules, `route METHODS requirement; …` (see [`crate::auth`]).
+    #[serde(default)]
+    pub auth_policies: String,
+    /// Upstream paths never reachable through a route (comma-separated; empty: none).
+    #[serde(default = "default_internal_paths")]
+    pub internal_paths: String,
+    /// The admin API and the gateway's metrics listen here (loopback by default)…
     #[serde(default = "default_admin_host")]
     pub admin_host: String,
     #[serde(default = "default_admin_port")]
     pub admin_port: u16,
-    /// …and only when a bearer token is set.
+    /// A non-loopback `ADMIN_HOST` is refused unless this is `true`.
+    #[serde(default)]
+    pub admin_allow_remote: bool,
+    /// The admin API (`/upstreams`) answers only when a bearer token is set.
     #[serde(default)]
     pub admin_token: Option<String>,
+}
+
+fn default_jwks_refresh_secs() -> u64 {
+    300
+}
+fn default_leeway_secs() -> u64 {
+    30
+}
+fn default_internal_paths() -> String {
+    "/metrics,/health,/openapi.json".to_owned()
 }
 
 fn default_active_pool() -> String {
@@ -214,12 +259,15 @@ pub struct HealthChecks {
     pub timeout: Duration,
 }
 
-/// The admin API's address and bearer token (it is off without a token).
+/// The admin listener's address and the admin API's bearer token (`/upstreams` is off
+/// without one; `/metrics` is served either way).
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub host: String,
     pub port: u16,
     pub token: Option<String>,
+    /// `ADMIN_HOST` is not a loopback address (allowed by `ADMIN_ALLOW_REMOTE`).
+    pub remote: bool,
 }
 
 /// The gateway's settings as typed values (see the module documentation).
@@ -248,12 +296,17 @@ pub struct GatewayConfig {
     pub rate_limit_burst: Option<u32>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: usize,
+    /// `None`: no token is verified and every route is public.
+    pub auth: Option<AuthConfig>,
+    pub internal_paths: InternalPaths,
     pub admin: AdminConfig,
 }
 
 impl GatewayEnv {
     /// Parses every value into its type; errors name the variable.
-    pub fn parse(self) -> Result<GatewayConfig, ConfigError> {
+    pub fn parse(mut self) -> Result<GatewayConfig, ConfigError> {
+        // An empty variable is an unset one (`ADMIN_TOKEN=${ADMIN_TOKEN:-}` in Compose).
+        self.admin_token = self.admin_token.filter(|token| !token.is_empty());
         if self.upstream_attempts == 0 {
             return Err(ConfigError::new("UPSTREAM_ATTEMPTS", "must be at least 1"));
         }
@@ -296,6 +349,10 @@ impl GatewayEnv {
         };
         let breaker = self.breaker()?;
         let trusted_proxies = parse_networks(&self.trusted_proxies)?;
+        let auth = self.auth(&routes)?;
+        let internal_paths = InternalPaths::parse(&self.internal_paths)
+            .map_err(|reason| ConfigError::new("INTERNAL_PATHS", reason))?;
+        let admin = self.admin()?;
         let ms = Duration::from_millis;
         Ok(GatewayConfig {
             routes,
@@ -333,12 +390,109 @@ impl GatewayEnv {
             rate_limit_burst: self.rate_limit_burst,
             trusted_proxies,
             max_body_bytes: self.max_body_bytes,
-            admin: AdminConfig {
-                host: self.admin_host,
-                port: self.admin_port,
-                token: self.admin_token,
-            },
+            auth,
+            internal_paths,
+            admin,
         })
+    }
+
+    /// The admin listener: on loopback unless `ADMIN_ALLOW_REMOTE` says otherwise.
+    fn admin(&self) -> Result<AdminConfig, ConfigError> {
+        let remote = !is_loopback(&self.admin_host);
+        if remote && !self.admin_allow_remote {
+            return Err(ConfigError::new(
+                "ADMIN_HOST",
+                format!(
+                    "`{}` is not a loopback address: the admin API and metrics would be reachable from other hosts; set ADMIN_ALLOW_REMOTE=true if that is intended",
+                    self.admin_host
+                ),
+            ));
+        }
+        Ok(AdminConfig {
+            host: self.admin_host.clone(),
+            port: self.admin_port,
+            token: self.admin_token.clone(),
+            remote,
+        })
+    }
+
+    /// Token verification: one key source, issuer, audience and policies naming routes.
+    fn auth(&self, routes: &[RouteSpec]) -> Result<Option<AuthConfig>, ConfigError> {
+        let sources = [
+            self.auth_jwks_file.is_some(),
+            self.auth_jwks_url.is_some(),
+            self.auth_hs256_secret.is_some(),
+        ];
+        let keys = match sources {
+            [false, false, false] => {
+                if !self.auth_policies.trim().is_empty() {
+                    return Err(ConfigError::new(
+                        "AUTH_POLICIES",
+                        "needs AUTH_JWKS_FILE, AUTH_JWKS_URL or AUTH_HS256_SECRET to verify tokens with",
+                    ));
+                }
+                return Ok(None);
+            }
+            [true, false, false] => {
+                KeySource::JwksFile(self.auth_jwks_file.clone().expect("checked just above"))
+            }
+            [false, true, false] => {
+                let raw = self.auth_jwks_url.as_deref().expect("checked just above");
+                let url = Url::parse(raw)
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https"))
+                    .ok_or_else(|| {
+                        ConfigError::new("AUTH_JWKS_URL", format!("`{raw}` is not an http(s) URL"))
+                    })?;
+                KeySource::JwksUrl {
+                    url,
+                    refresh: Duration::from_secs(self.auth_jwks_refresh_secs.max(1)),
+                }
+            }
+            [false, false, true] => {
+                let secret = self
+                    .auth_hs256_secret
+                    .as_deref()
+                    .expect("checked just above");
+                if secret.len() < 32 {
+                    return Err(ConfigError::new(
+                        "AUTH_HS256_SECRET",
+                        "must be at least 32 bytes",
+                    ));
+                }
+                KeySource::Hs256(secret.as_bytes().to_vec())
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "AUTH_JWKS_FILE",
+                    "set only one of AUTH_JWKS_FILE, AUTH_JWKS_URL and AUTH_HS256_SECRET",
+                ));
+            }
+        };
+        let required = |variable: &'static str, value: &Option<String>| {
+            value
+                .clone()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError::new(variable, "is required to verify tokens"))
+        };
+        let policies = PolicyRule::parse_all(&self.auth_policies)
+            .map_err(|reason| ConfigError::new("AUTH_POLICIES", reason))?;
+        if let Some(rule) = policies
+            .iter()
+            .find(|rule| routes.iter().all(|route| route.name != rule.route))
+        {
+            return Err(ConfigError::new(
+                "AUTH_POLICIES",
+                format!("`{}` is not the name of a route", rule.route),
+            ));
+        }
+        Ok(Some(AuthConfig {
+            keys,
+            issuer: required("AUTH_ISSUER", &self.auth_issuer)?,
+            audience: required("AUTH_AUDIENCE", &self.auth_audience)?,
+            leeway: Duration::from_secs(self.auth_leeway_secs),
+            policies,
+        }))
     }
 
     fn breaker(&self) -> Result<BreakerConfig, ConfigError> {
@@ -356,6 +510,16 @@ impl GatewayEnv {
             .map_err(|e| ConfigError::new("BREAKER_WINDOW", e.to_string()))?;
         Ok(config)
     }
+}
+
+/// `localhost`, or an address in 127.0.0.0/8 or `::1`.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `TRUSTED_PROXIES`: comma-separated CIDRs or single addresses.
@@ -426,12 +590,74 @@ mod tests {
             ("CANARY_WEIGHT", "101"),
             ("ADMIN_TOKEN", "short"),
             ("HEALTH_CHECK_PATH", "health"),
+            ("INTERNAL_PATHS", "metrics"),
+            ("ADMIN_HOST", "0.0.0.0"),
+            ("AUTH_POLICIES", "catalog * public"),
+            ("AUTH_HS256_SECRET", "too-short"),
         ] {
             let error = config(&[routes, (variable, value)]).parse().unwrap_err();
             assert_eq!(error.variable, variable, "{error}");
         }
         let typo = from_vars::<GatewayEnv, _, _>([routes, ("CANARY_WEIGHT", "ten")]);
         assert_eq!(typo.unwrap_err().variable, "CANARY_WEIGHT");
+    }
+
+    #[test]
+    fn token_verification_needs_one_key_source_an_issuer_an_audience_and_known_routes() {
+        let routes = ("ROUTES", "/api/a=http://127.0.0.1:1");
+        let secret = ("AUTH_HS256_SECRET", "0123456789abcdef0123456789abcdef");
+        let issuer = ("AUTH_ISSUER", "dockyard-dev");
+        let audience = ("AUTH_AUDIENCE", "dockyard");
+        for (vars, variable) in [
+            (vec![secret, audience], "AUTH_ISSUER"),
+            (vec![secret, issuer], "AUTH_AUDIENCE"),
+            (
+                vec![secret, issuer, audience, ("AUTH_JWKS_FILE", "/x.json")],
+                "AUTH_JWKS_FILE",
+            ),
+            (
+                vec![secret, issuer, audience, ("AUTH_POLICIES", "b * public")],
+                "AUTH_POLICIES",
+            ),
+            (
+                vec![("AUTH_JWKS_URL", "ftp://idp/jwks"), issuer, audience],
+                "AUTH_JWKS_URL",
+            ),
+        ] {
+            let mut vars = vars;
+            vars.push(routes);
+            let error = config(&vars).parse().unwrap_err();
+            assert_eq!(error.variable, variable, "{error}");
+        }
+        let on = config(&[
+            routes,
+            secret,
+            issuer,
+            audience,
+            ("AUTH_POLICIES", "a GET public"),
+        ])
+        .parse()
+        .unwrap();
+        assert_eq!(on.auth.unwrap().policies.len(), 1);
+        assert!(config(&[routes]).parse().unwrap().auth.is_none());
+    }
+
+    #[test]
+    fn a_remote_admin_listener_must_be_asked_for() {
+        let routes = ("ROUTES", "/api/a=http://127.0.0.1:1");
+        for host in ["127.0.0.1", "127.0.0.9", "localhost", "::1"] {
+            let admin = config(&[routes, ("ADMIN_HOST", host)])
+                .parse()
+                .unwrap()
+                .admin;
+            assert!(!admin.remote, "{host}");
+        }
+        let allowed = config(&[
+            routes,
+            ("ADMIN_HOST", "0.0.0.0"),
+            ("ADMIN_ALLOW_REMOTE", "true"),
+        ]);
+        assert!(allowed.parse().unwrap().admin.remote);
     }
 
     #[test]

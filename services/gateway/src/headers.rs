@@ -37,9 +37,14 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 const FORWARDED: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
 /// What the client sent, minus hop-by-hop headers, `Host` and `Content-Length` (the client
-/// library sets both for the new hop), and minus `X-Forwarded-*` unless the peer is a
-/// trusted proxy.
-pub fn request_headers(incoming: &HeaderMap, trusted_peer: bool) -> HeaderMap {
+/// library sets both for the new hop), minus `X-Forwarded-*` unless the peer is a trusted
+/// proxy, minus every `X-Identity-*` header (only the gateway says who the caller is), and
+/// minus `Authorization` when the gateway consumed the token (`strip_authorization`).
+pub fn request_headers(
+    incoming: &HeaderMap,
+    trusted_peer: bool,
+    strip_authorization: bool,
+) -> HeaderMap {
     let connection = connection_tokens(incoming);
     let mut headers = HeaderMap::with_capacity(incoming.len() + 3);
     for (name, value) in incoming {
@@ -48,6 +53,8 @@ pub fn request_headers(incoming: &HeaderMap, trusted_peer: bool) -> HeaderMap {
             || lower == "host"
             || lower == "content-length"
             || (!trusted_peer && FORWARDED.contains(&lower))
+            || lower.starts_with(dockyard_runtime::identity::HEADER_PREFIX)
+            || (strip_authorization && lower == "authorization")
         {
             continue;
         }
@@ -119,6 +126,9 @@ mod tests {
             ("accept", "application/json"),
             ("traceparent", "00-abc-def-01"),
             ("x-forwarded-for", "203.0.113.7"),
+            ("x-identity-subject", "someone-else"),
+            ("x-identity-scopes", "catalog:write"),
+            ("authorization", "Bearer t"),
         ] {
             incoming.append(
                 HeaderName::from_static(name),
@@ -126,16 +136,22 @@ mod tests {
             );
         }
 
-        let forwarded = request_headers(&incoming, false);
+        let forwarded = request_headers(&incoming, false, true);
 
         let mut names: Vec<_> = forwarded.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(
             names,
             ["accept", "traceparent"],
-            "x-forwarded-for from an untrusted peer dropped"
+            "x-forwarded-for from an untrusted peer, identity claims and the token dropped"
         );
-        assert!(request_headers(&incoming, true).contains_key("x-forwarded-for"));
+        let trusted = request_headers(&incoming, true, false);
+        assert!(trusted.contains_key("x-forwarded-for"));
+        assert!(trusted.contains_key("authorization"));
+        assert!(
+            !trusted.contains_key("x-identity-subject"),
+            "never from a client"
+        );
     }
 
     #[test]

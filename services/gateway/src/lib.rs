@@ -20,9 +20,10 @@
 //! - [`framing`]: refuses requests with ambiguous framing (smuggling) before hyper parses them.
 //! - [`body`]: the client's request body: buffered or streamed, cut at the limit.
 //! - [`proxy`]: the forwarding handler, in the order of the modules it calls:
-//!   [`admission`] (rate limit, declared size), [`choice`] (canary or stable pool, breakers),
+//!   [`paths`] (normalisation, internal paths), [`admission`] (rate limit, declared size),
+//!   [`auth`] (bearer tokens, per-route policies, identity headers), [`choice`] (canary or stable pool, breakers),
 //!   [`attempts`] (endpoints, retries, budget, deadline, what counts against an upstream).
-//! - [`admin`]: the authenticated admin API.
+//! - [`admin`]: the admin listener: the authenticated admin API and the gateway's `/metrics`.
 //! - [`metrics`]: per route, pool and endpoint metrics.
 //! - [`state`]: what the workers share; [`upkeep`]: discovery, health checks and gauges in the
 //!   background; [`startup`] builds and runs it all.
@@ -30,6 +31,7 @@
 pub mod admin;
 pub mod admission;
 pub mod attempts;
+pub mod auth;
 pub mod body;
 pub mod checks;
 pub mod choice;
@@ -38,6 +40,7 @@ pub mod discovery;
 pub mod framing;
 pub mod headers;
 pub mod metrics;
+pub mod paths;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;

@@ -1,5 +1,6 @@
-//! The forwarding handler: route (`404`, longest prefix), admission ([`crate::admission`]:
-//! `429`, `413`), the body ([`crate::body`]: buffered when the request may be retried, else
+//! The forwarding handler: the path normalised ([`crate::paths`]: `400` for an ambiguous one),
+//! route (`404`, longest prefix; also for an upstream's internal paths), admission
+//! ([`crate::admission`]: `429`, `413`), the caller ([`crate::auth`]: `401`, `403`), the body ([`crate::body`]: buffered when the request may be retried, else
 //! streamed), the pool ([`crate::choice`]), the attempts ([`crate::attempts`]), and the
 //! upstream's answer relayed without its hop-by-hop headers. Ambiguous framing was refused with
 //! `400` before the request was parsed ([`crate::framing`]).
@@ -7,18 +8,22 @@
 use std::sync::Arc;
 
 use dockyard_runtime::problem::Problem;
-use http::{HeaderMap, HeaderValue, Request, Response, request::Parts};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, request::Parts};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::{
     admission,
     attempts::{self, Call, Payload},
+    auth::Identity,
     body::{self, ClientFault},
-    choice, headers,
+    choice, headers, paths,
     server::{self, Peer, Worker},
     state::Gateway,
 };
+
+const SUBJECT: HeaderName = HeaderName::from_static(dockyard_runtime::identity::SUBJECT_HEADER);
+const SCOPES: HeaderName = HeaderName::from_static(dockyard_runtime::identity::SCOPES_HEADER);
 
 /// Forwards any request that matches a route.
 pub async fn forward(
@@ -29,13 +34,25 @@ pub async fn forward(
 ) -> Result<Response<server::Body>, Problem> {
     let gateway: &Gateway = &worker.shared.gateway;
     let (parts, body) = request.into_parts();
-    let Some((route, rest)) = gateway.routes.find(parts.uri.path()) else {
-        return Err(Problem::not_found(format!(
-            "no route for {}",
-            parts.uri.path()
-        )));
+    let path = paths::normalise(parts.uri.path())?;
+    let no_route = || Problem::not_found(format!("no route for {}", parts.uri.path()));
+    let Some((route, rest)) = gateway.routes.find(&path) else {
+        return Err(no_route());
     };
+    if gateway.internal_paths.contains(rest) {
+        return Err(no_route());
+    }
     let body = admission::admit(gateway, peer.address.ip(), &parts.headers, body).await?;
+    let identity = match &gateway.auth {
+        Some(auth) => match auth.authorize(route.service.name(), &parts.method, &parts.headers) {
+            Ok(identity) => identity,
+            Err(problem) => {
+                body::drain(body).await;
+                return Err(problem);
+            }
+        },
+        None => None,
+    };
 
     let service = &route.service;
     let retryable = attempts::may_retry(&parts.method, &parts.headers);
@@ -59,7 +76,14 @@ pub async fn forward(
         service,
         pool,
         method: parts.method.clone(),
-        headers: outgoing_headers(&parts, peer, trusted_peer, request_id),
+        headers: outgoing_headers(
+            &parts,
+            peer,
+            trusted_peer,
+            request_id,
+            identity.as_ref(),
+            gateway.auth.is_some(),
+        ),
         path: rest,
         query: parts.uri.query().unwrap_or(""),
         attempts: if retryable { gateway.attempts } else { 1 },
@@ -71,9 +95,20 @@ pub async fn forward(
 
 /// The client's headers for the upstream: hop-by-hop removed, `X-Forwarded-*` and
 /// `X-Request-Id` set. The scheme is `http` (this listener speaks plain HTTP) unless a trusted
-/// proxy in front says otherwise.
-fn outgoing_headers(parts: &Parts, peer: &Peer, trusted_peer: bool, request_id: &str) -> HeaderMap {
-    let mut outgoing = headers::request_headers(&parts.headers, trusted_peer);
+/// proxy in front says otherwise. The caller's identity, when verified, replaces the token.
+fn outgoing_headers(
+    parts: &Parts,
+    peer: &Peer,
+    trusted_peer: bool,
+    request_id: &str,
+    identity: Option<&Identity>,
+    token_consumed: bool,
+) -> HeaderMap {
+    let mut outgoing = headers::request_headers(&parts.headers, trusted_peer, token_consumed);
+    if let Some(identity) = identity {
+        outgoing.insert(SUBJECT, identity.subject.clone());
+        outgoing.insert(SCOPES, identity.scopes.clone());
+    }
     let proto = trusted_peer
         .then(|| parts.headers.get("x-forwarded-proto").cloned())
         .flatten()

@@ -304,7 +304,8 @@ async fn accept(
     Ok(())
 }
 
-/// One request: the process's own health and metrics routes, else forwarded. Each request
+/// One request: the process's own health routes, else forwarded (its metrics are on the admin
+/// listener, [`crate::admin`]). Each request
 /// gets a request id (the client's when sane), one log event and its RED metrics.
 async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
@@ -327,7 +328,6 @@ async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Resp
             };
             ("/health/ready", json(status, &report), None)
         }
-        (&Method::GET, "/metrics") => ("/metrics", metrics(&shared.metrics), None),
         _ => {
             let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = FORWARD_ROUTE);
             match proxy::forward(worker, request, peer, &request_id)
@@ -388,15 +388,8 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     full(status, "application/json", body)
 }
 
-fn metrics(metrics: &Metrics) -> Response<Body> {
-    full(
-        StatusCode::OK,
-        dockyard_runtime::metrics::CONTENT_TYPE,
-        metrics.render().into_bytes(),
-    )
-}
-
-/// A problem as an `application/problem+json` response, with `Retry-After` when it has one.
+/// A problem as an `application/problem+json` response, with `Retry-After` and
+/// `WWW-Authenticate` when it has them.
 pub fn problem_response(problem: &Problem) -> Response<Body> {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).expect("a problem always serialises");
@@ -405,6 +398,15 @@ pub fn problem_response(problem: &Problem) -> Response<Body> {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(challenge) = problem
+        .www_authenticate
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
     }
     response
 }

@@ -1,6 +1,6 @@
-//! Assembles the gateway: the shared state (after a first discovery and health-check round),
-//! the data plane's listeners (one per worker, see [`crate::server`]), the admin API, and the
-//! upkeep task.
+//! Assembles the gateway: the token verifier (keys loaded), the shared state (after a first
+//! discovery and health-check round), the data plane's listeners (one per worker, see
+//! [`crate::server`]), the admin listener (admin API and metrics), and the upkeep task.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     SERVICE,
+    auth::Authenticator,
     config::Settings,
     metrics::GatewayMetrics,
     server::{DataPlane, Listeners, Shared},
@@ -23,7 +24,7 @@ pub struct Application {
     shared: Arc<Shared>,
     upkeep: Upkeep,
     http: HttpConfig,
-    admin: Option<(ActixServer, u16)>,
+    admin: (ActixServer, u16),
 }
 
 impl std::fmt::Debug for Application {
@@ -41,7 +42,15 @@ impl Application {
         let gateway_metrics = Arc::new(GatewayMetrics::new());
         let mut metrics = Metrics::new();
         gateway_metrics.register(&mut metrics);
-        let gateway = Arc::new(Gateway::new(config, gateway_metrics)?);
+        let auth = if let Some(auth) = config.auth.clone() {
+            Some(Authenticator::load(auth).await?)
+        } else {
+            tracing::warn!(
+                "no AUTH_JWKS_FILE, AUTH_JWKS_URL or AUTH_HS256_SECRET: tokens are not verified and every route is public"
+            );
+            None
+        };
+        let gateway = Arc::new(Gateway::new(config, auth, gateway_metrics)?);
         let upkeep = Upkeep::start(config, Arc::clone(&gateway)).await?;
         let http = settings.http.clone();
         let workers = http
@@ -49,16 +58,16 @@ impl Application {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let listeners = Listeners::bind(&http.host, http.port, workers)?;
         tracing::info!(address = %format!("{}:{}", http.host, listeners.port()), workers, "listening");
+        let metrics = Arc::new(metrics);
         let admin = crate::admin::bind(
-            &config.admin.host,
-            config.admin.port,
-            config.admin.token.as_deref(),
+            &config.admin,
             web::Data::from(Arc::clone(&gateway)),
+            web::Data::from(Arc::clone(&metrics)),
         )?;
         let shared = Arc::new(Shared {
             gateway,
             health: Arc::new(Health::new(SERVICE)),
-            metrics: Arc::new(metrics),
+            metrics,
             connect_timeout: config.connect_timeout,
         });
         Ok(Self {
@@ -74,9 +83,9 @@ impl Application {
         self.listeners.port()
     }
 
-    /// The admin API's port, when it is on.
-    pub fn admin_port(&self) -> Option<u16> {
-        self.admin.as_ref().map(|(_, port)| *port)
+    /// The admin listener's port (the admin API and `/metrics`).
+    pub fn admin_port(&self) -> u16 {
+        self.admin.1
     }
 
     /// Serves until `shutdown` resolves, then: readiness turns 503, `SHUTDOWN_DELAY_MS`
@@ -87,10 +96,9 @@ impl Application {
         // Stops the upkeep task also when this future is dropped rather than finished.
         let _stop_upkeep = stop.clone().drop_guard();
         let upkeep = tokio::spawn(self.upkeep.run(stop.clone()));
-        let admin = self.admin.map(|(server, _)| {
-            let handle = server.handle();
-            (tokio::spawn(server), handle)
-        });
+        let (admin, _) = self.admin;
+        let admin_handle = admin.handle();
+        let admin = tokio::spawn(admin);
         let plane = DataPlane::start(
             self.listeners,
             &self.shared,
@@ -104,10 +112,8 @@ impl Application {
         plane.stop().await;
         tracing::info!("in-flight requests drained, server stopped");
         stop.cancel();
-        if let Some((task, handle)) = admin {
-            handle.stop(true).await;
-            let _ = task.await;
-        }
+        admin_handle.stop(true).await;
+        let _ = admin.await;
         let _ = upkeep.await;
         Ok(())
     }

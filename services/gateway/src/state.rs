@@ -10,8 +10,10 @@ use std::{
 use dockyard_resilience::{RetryBudget, State};
 
 use crate::{
+    auth::Authenticator,
     config::GatewayConfig,
     metrics::{GatewayMetrics, PoolLabels, RouteLabels, StateLabels},
+    paths::InternalPaths,
     pool::{Pool, PoolKind},
     ratelimit::ClientLimiter,
     routes::{Route, RouteTable},
@@ -28,13 +30,20 @@ pub struct Gateway {
     pub retry_backoff: Duration,
     pub wait_for_instance: Duration,
     pub max_body_bytes: usize,
+    /// `None`: tokens are not verified, every route is public.
+    pub auth: Option<Authenticator>,
+    pub internal_paths: InternalPaths,
     pub metrics: Arc<GatewayMetrics>,
 }
 
 impl Gateway {
     /// Builds every route and pool (with no endpoint yet: [`crate::upkeep::Upkeep::start`]
     /// discovers them).
-    pub fn new(config: &GatewayConfig, metrics: Arc<GatewayMetrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &GatewayConfig,
+        auth: Option<Authenticator>,
+        metrics: Arc<GatewayMetrics>,
+    ) -> anyhow::Result<Self> {
         let active_checks = config.health_checks.is_some();
         let pool = |name: &str, kind, urls: &[url::Url]| -> anyhow::Result<Option<Pool>> {
             if urls.is_empty() {
@@ -81,6 +90,8 @@ impl Gateway {
             retry_backoff: config.retry_backoff,
             wait_for_instance: config.wait_for_instance,
             max_body_bytes: config.max_body_bytes,
+            auth,
+            internal_paths: config.internal_paths.clone(),
             metrics,
         })
     }

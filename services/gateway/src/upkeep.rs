@@ -1,11 +1,15 @@
 //! Keeping the pools current, in the background: discovery (hostnames re-resolved into
-//! endpoints), active health checks, the gauges, and forgetting idle rate-limit buckets.
+//! endpoints), active health checks, the gauges, forgetting idle rate-limit buckets, and
+//! fetching a JWKS URL's keys again.
 
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{checks::HealthChecker, config::GatewayConfig, discovery::Resolver, state::Gateway};
+use crate::{
+    auth::Authenticator, checks::HealthChecker, config::GatewayConfig, discovery::Resolver,
+    state::Gateway,
+};
 
 /// The upkeep of one gateway's pools.
 #[derive(Debug)]
@@ -66,7 +70,12 @@ impl Upkeep {
         let mut discovery = tokio::time::interval(self.discovery_interval);
         let mut checks = tokio::time::interval(self.check_interval);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
-        for timer in [&mut discovery, &mut checks, &mut housekeeping] {
+        let auth = self.gateway.auth.as_ref();
+        let mut keys = tokio::time::interval(
+            auth.and_then(Authenticator::refresh_interval)
+                .unwrap_or(Duration::from_secs(3600)),
+        );
+        for timer in [&mut discovery, &mut checks, &mut housekeeping, &mut keys] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             timer.reset(); // the first round ran at start
         }
@@ -75,6 +84,7 @@ impl Upkeep {
                 () = stop.cancelled() => return,
                 _ = discovery.tick() => self.discover().await,
                 _ = checks.tick() => self.check().await,
+                _ = keys.tick() => if let Some(auth) = auth { auth.refresh().await },
                 _ = housekeeping.tick() => {
                     self.gateway.update_gauges();
                     self.gateway.limiter.forget_idle();

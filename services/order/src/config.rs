@@ -7,6 +7,7 @@ use dockyard_runtime::{
     command::{Command, DlqCommand},
     config::{ConfigError, from_env},
     database::DatabaseConfig,
+    identity::IdentityConfig,
     server::HttpConfig,
 };
 use serde::Deserialize;
@@ -148,6 +149,8 @@ pub struct Settings {
     pub catalog: CatalogConfig,
     pub saga: SagaConfig,
     pub admission: AdmissionConfig,
+    /// `REQUIRE_IDENTITY`: every `/orders` call needs the gateway's identity headers.
+    pub identity: IdentityConfig,
 }
 
 impl Settings {
@@ -159,6 +162,7 @@ impl Settings {
             catalog: from_env()?,
             saga: from_env()?,
             admission: from_env()?,
+            identity: from_env()?,
         };
         settings.database.connect_options()?;
         settings.broker.validate()?;

@@ -64,8 +64,15 @@ impl Application {
         let admission = Admission::new(settings.admission.clone(), &mut metrics);
         let store = OrderStore::new(database.clone(), settings.saga.order_pending_timeout);
         let admitting = admission.clone();
+        let identity = settings.identity;
         let server = server::bind(&settings.http, health, metrics, move |config| {
-            routes::configure(config, store.clone(), catalog.clone(), admitting.clone());
+            routes::configure(
+                config,
+                store.clone(),
+                catalog.clone(),
+                admitting.clone(),
+                identity,
+            );
         })?;
         Ok(Self {
             server,

@@ -36,11 +36,13 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
         ("DATABASE_MAX_CONNECTIONS", options.connections.to_string()),
         ("HTTP_WORKERS", options.http_workers.to_string()),
     ];
+    // Reads of one catalog instance are measured, not the edge.
+    stack_options.auth = false;
     let platform = stack::Stack::start(stack_options).await?;
     let catalog = platform
         .url_of("catalog-1")
         .context("no catalog instance")?;
-    let ids = products::create(&format!("{catalog}/products"), "Read", 1, 250, 10).await?;
+    let ids = products::create(&format!("{catalog}/products"), "Read", 1, 250, 10, None).await?;
     let id = ids.first().context("a product id")?;
     let url = format!("{catalog}/products/{id}");
     let connections = options.connections.to_string();

@@ -31,7 +31,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, options::BasicPub
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{database, products, sandbox::Sandbox, stack};
+use crate::{database, dev_keys, products, sandbox::Sandbox, stack};
 
 /// How long an order may stay pending before it is re-published: short, to finish quickly,
 /// but longer than a fault lasts, so that only orders the saga lost would time out.
@@ -132,12 +132,14 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
     ];
     let mut platform = stack::Stack::start(options).await?;
     let gateway = platform.gateway_url.clone();
+    let editor = platform.token("chaos-editor", &[dev_keys::CATALOG_WRITE]);
     let products = products::create(
         &format!("{gateway}/api/catalog/products"),
         "Chaos",
         PRODUCTS,
         100,
         STOCK,
+        editor.as_deref(),
     )
     .await?;
 
@@ -146,8 +148,11 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for customer in 0..4 {
+        let customer_id = Uuid::now_v7();
+        let token = platform.token(&customer_id.to_string(), &[]);
         load.push(tokio::spawn(customer_loop(
             gateway.clone(),
+            (customer_id, token),
             products.clone(),
             customer,
             Arc::clone(&counters),
@@ -241,7 +246,13 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
     )
     .await;
 
-    let flood = tokio::spawn(attacker_loop(gateway.clone(), Duration::from_secs(5)));
+    // An insider: its token may write, so its bad input reaches the services' validation.
+    let insider = platform.token(&Uuid::now_v7().to_string(), &[dev_keys::CATALOG_WRITE]);
+    let flood = tokio::spawn(attacker_loop(
+        gateway.clone(),
+        insider,
+        Duration::from_secs(5),
+    ));
     let attacks = flood.await.unwrap_or_default();
     phase(
         "bad-input flood",
@@ -295,6 +306,7 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
 /// cancels every fifth accepted one.
 async fn customer_loop(
     gateway: String,
+    (customer_id, token): (Uuid, Option<String>),
     products: Vec<String>,
     customer: usize,
     counters: Arc<Counters>,
@@ -305,7 +317,10 @@ async fn customer_loop(
         .timeout(Duration::from_secs(10))
         .build()
         .expect("a client");
-    let customer_id = Uuid::now_v7();
+    let authorized = |request: reqwest::RequestBuilder| match &token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
     let mut placed = 0_usize;
     while !stop.load(Ordering::Relaxed) {
         let product = &products[(customer + placed) % products.len()];
@@ -313,8 +328,7 @@ async fn customer_loop(
         let body = json!({"customer_id": customer_id, "lines": [{"product_id": product, "quantity": 1 + placed % 3}]});
         let first = tokio::time::Instant::now();
         let id = loop {
-            let sent = client
-                .post(format!("{gateway}/api/orders/orders"))
+            let sent = authorized(client.post(format!("{gateway}/api/orders/orders")))
                 .header("idempotency-key", &key)
                 .json(&body)
                 .send()
@@ -343,10 +357,10 @@ async fn customer_loop(
             // A cancellation is retried too; 409 means it had ended already (e.g. rejected).
             let first = tokio::time::Instant::now();
             while first.elapsed() < CLIENT_PATIENCE {
-                let cancelled = client
-                    .post(format!("{gateway}/api/orders/orders/{id}/cancel"))
-                    .send()
-                    .await;
+                let cancelled =
+                    authorized(client.post(format!("{gateway}/api/orders/orders/{id}/cancel")))
+                        .send()
+                        .await;
                 if cancelled.is_ok_and(|r| matches!(r.status().as_u16(), 200 | 409)) {
                     break;
                 }
@@ -387,7 +401,7 @@ async fn reader_loop(
 }
 
 /// One client sending bad requests of every kind for `duration`, about 40 a second.
-async fn attacker_loop(gateway: String, duration: Duration) -> usize {
+async fn attacker_loop(gateway: String, token: Option<String>, duration: Duration) -> usize {
     let client = client_from([127, 0, 0, 5]);
     let end = tokio::time::Instant::now() + duration;
     let mut sent = 0;
@@ -402,6 +416,10 @@ async fn attacker_loop(gateway: String, duration: Duration) -> usize {
                 .post(format!("{gateway}/api/orders/orders"))
                 .header("idempotency-key", "flood")
                 .json(&json!({"customer_id": "not-a-uuid", "lines": []})),
+        };
+        let request = match &token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         };
         let _ = request.send().await;
         sent += 1;

@@ -8,7 +8,9 @@ use std::{path::Path, process::Stdio};
 
 use anyhow::Context;
 
-use crate::{sandbox::Sandbox, stack};
+use dockyard_runtime::identity;
+
+use crate::{dev_keys, sandbox::Sandbox, stack};
 
 /// One schemathesis run.
 struct Target {
@@ -32,6 +34,17 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
     let options = sandbox.options(1, bin_dir);
     let token = options.admin_token.clone();
     let platform = stack::Stack::start(options).await?;
+    // One caller for every request: a customer who may also edit the catalog. Directly, the
+    // services get the identity headers the gateway would send; through it, a token.
+    let caller = uuid::Uuid::now_v7().to_string();
+    let scopes = [dev_keys::CATALOG_WRITE];
+    let bearer = platform
+        .token(&caller, &scopes)
+        .map(|token| format!("Authorization: Bearer {token}"));
+    let identity = vec![
+        format!("{}: {caller}", identity::SUBJECT_HEADER),
+        format!("{}: {}", identity::SCOPES_HEADER, scopes.join(" ")),
+    ];
     let catalog = platform.url_of("catalog-1").context("no catalog")?;
     let order = platform.url_of("order-1").context("no order service")?;
     let gateway = platform.gateway_url.clone();
@@ -48,10 +61,14 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
     ]
     .into_iter()
     .map(|(label, service, base)| Target {
+        headers: if base.starts_with(&gateway) {
+            bearer.iter().cloned().collect()
+        } else {
+            identity.clone()
+        },
         label: label.to_owned(),
         document: format!("{service}/openapi.json"),
         base,
-        headers: Vec::new(),
     })
     .chain(std::iter::once(Target {
         label: "gateway admin".to_owned(),

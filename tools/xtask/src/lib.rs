@@ -25,6 +25,7 @@ pub mod catalog_bench;
 pub mod chaos;
 pub mod conformance;
 pub mod database;
+pub mod dev_keys;
 pub mod load;
 pub mod logs;
 pub mod products;

@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dockyard_testkit::TokenIssuer;
 use serde_json::{Value, json};
+
+use crate::dev_keys;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -29,6 +32,8 @@ pub struct Options {
     pub duration: Duration,
     /// Stop after this many requests, if sooner.
     pub max_requests: Option<u64>,
+    /// Signs each user's token (its customer id as `sub`); `None`: no tokens are sent.
+    pub signer: Option<Arc<TokenIssuer>>,
 }
 
 /// What one endpoint saw.
@@ -160,6 +165,18 @@ impl Shared {
 async fn user(shared: Arc<Shared>, client: reqwest::Client) {
     let base = shared.options.gateway.trim_end_matches('/').to_owned();
     let customer = uuid::Uuid::now_v7();
+    let token = shared.options.signer.as_ref().map(|signer| {
+        dev_keys::token(
+            signer,
+            &customer.to_string(),
+            &[],
+            Duration::from_secs(3600),
+        )
+    });
+    let authorized = |request: reqwest::RequestBuilder| match &token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
     while !shared.stop.load(Ordering::Relaxed) {
         let page = shared
             .call(
@@ -197,8 +214,7 @@ async fn user(shared: Arc<Shared>, client: reqwest::Client) {
         let placed = shared
             .call(
                 "POST /api/orders/orders",
-                client
-                    .post(format!("{base}/api/orders/orders"))
+                authorized(client.post(format!("{base}/api/orders/orders")))
                     .header("idempotency-key", uuid::Uuid::new_v4().to_string())
                     .json(&json!({"customer_id": customer, "lines": lines})),
             )
@@ -209,14 +225,14 @@ async fn user(shared: Arc<Shared>, client: reqwest::Client) {
         shared
             .call(
                 "GET /api/orders/orders/{id}",
-                client.get(format!("{base}/api/orders/orders/{id}")),
+                authorized(client.get(format!("{base}/api/orders/orders/{id}"))),
             )
             .await;
         if fastrand::u8(..10) < 2 {
             shared
                 .call(
                     "POST /api/orders/orders/{id}/cancel",
-                    client.post(format!("{base}/api/orders/orders/{id}/cancel")),
+                    authorized(client.post(format!("{base}/api/orders/orders/{id}/cancel"))),
                 )
                 .await;
         }

@@ -85,6 +85,19 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Print a bearer token signed with the local platform's key (made on first use in
+    /// `.dockyard/dev-keys/`), for `Authorization: Bearer …` through the local gateway.
+    Token {
+        /// The subject (`sub`): a customer's id (a UUID) to place and read orders as them.
+        #[arg(long, default_value = "0196b3a0-0000-7000-8000-000000000001")]
+        sub: String,
+        /// A scope to grant, e.g. `catalog:write` (repeatable).
+        #[arg(long)]
+        scope: Vec<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
     /// Drive realistic users through the gateway and report req/s and latencies per endpoint.
     Load {
         /// The gateway's base URL.
@@ -140,9 +153,11 @@ async fn main() -> ExitCode {
                 service_env: Vec::new(),
                 gateway_env: Vec::new(),
                 log_file: None,
+                auth: true,
             };
             up(options, release).await
         }
+        Task::Token { sub, scope, ttl } => token(&sub, &scope, ttl),
         Task::Conformance { release } => verdict(
             "conformance",
             xtask::conformance::run(stack::bin_dir(release)).await,
@@ -184,20 +199,48 @@ async fn main() -> ExitCode {
             users,
             seconds,
             requests,
-        } => {
-            let options = load::Options {
-                gateway,
-                users: users.max(1),
-                duration: Duration::from_secs(seconds.max(1)),
-                max_requests: requests,
-            };
-            let report = load::run(options, true).await;
-            print!("{report}");
-            if report.requests() == 0 {
-                eprintln!("no request got through: is the platform up (`cargo xtask up`)?");
-                return ExitCode::FAILURE;
-            }
+        } => load(gateway, users, seconds, requests).await,
+    }
+}
+
+/// Runs `cargo xtask load`.
+async fn load(gateway: String, users: usize, seconds: u64, requests: Option<u64>) -> ExitCode {
+    // The local platform's key: orders need a customer's token.
+    let signer = match xtask::dev_keys::ensure() {
+        Ok((signer, _)) => signer,
+        Err(error) => {
+            eprintln!("load: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = load::Options {
+        gateway,
+        users: users.max(1),
+        duration: Duration::from_secs(seconds.max(1)),
+        max_requests: requests,
+        signer: Some(std::sync::Arc::new(signer)),
+    };
+    let report = load::run(options, true).await;
+    print!("{report}");
+    if report.requests() == 0 {
+        eprintln!("no request got through: is the platform up (`cargo xtask up`)?");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints a token signed with the local key (`cargo xtask token`).
+fn token(sub: &str, scopes: &[String], ttl: u64) -> ExitCode {
+    match xtask::dev_keys::ensure() {
+        Ok((signer, _)) => {
+            let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+            let ttl = Duration::from_secs(ttl.max(1));
+            println!("{}", xtask::dev_keys::token(&signer, sub, &scopes, ttl));
             ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("token: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -13,6 +13,7 @@ pub async fn create(
     count: usize,
     price_minor: i64,
     stock: i64,
+    token: Option<&str>,
 ) -> anyhow::Result<Vec<String>> {
     let client = reqwest::Client::new();
     let mut ids = Vec::with_capacity(count);
@@ -23,14 +24,11 @@ pub async fn create(
             "price": {"amount_minor": price_minor, "currency": "EUR"},
             "stock": stock,
         });
-        let created: Value = client
-            .post(products_url)
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let mut request = client.post(products_url).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let created: Value = request.send().await?.error_for_status()?.json().await?;
         ids.push(created["id"].as_str().context("a product id")?.to_owned());
     }
     Ok(ids)

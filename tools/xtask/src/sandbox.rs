@@ -59,6 +59,7 @@ impl Sandbox {
             service_env: Vec::new(),
             gateway_env: Vec::new(),
             log_file: None,
+            auth: true,
         }
     }
 

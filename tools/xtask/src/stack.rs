@@ -16,11 +16,11 @@ use std::{
 };
 
 use anyhow::Context;
-use dockyard_testkit::LocalDns;
+use dockyard_testkit::{LocalDns, TokenIssuer};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::process::{Child, Command};
 
-use crate::{database, logs};
+use crate::{database, dev_keys, logs};
 
 const CATALOG_DNS: &str = "catalog.dockyard.internal";
 const CANARY_DNS: &str = "catalog-canary.dockyard.internal";
@@ -57,6 +57,9 @@ pub struct Options {
     pub gateway_env: Vec<(&'static str, String)>,
     /// Without `show_logs`, write the instances' output here (prefixed) instead of dropping it.
     pub log_file: Option<PathBuf>,
+    /// The gateway verifies bearer tokens signed with the local key ([`dev_keys`]) and applies
+    /// [`dev_keys::POLICIES`]; the services require its identity headers (`REQUIRE_IDENTITY`).
+    pub auth: bool,
 }
 
 /// One running process.
@@ -103,6 +106,8 @@ pub struct Stack {
     admin_port: u16,
     instances: Vec<Instance>,
     started: usize,
+    /// The key tokens are signed with and the JWKS the gateway reads, when `auth` is on.
+    auth: Option<(TokenIssuer, PathBuf)>,
 }
 
 /// A free TCP port on `ip`.
@@ -159,7 +164,13 @@ impl Stack {
             ))),
             None => None,
         };
+        let auth = if options.auth {
+            Some(dev_keys::ensure().context("the local token signing key")?)
+        } else {
+            None
+        };
         let mut stack = Self {
+            auth,
             log_file,
             catalog_port: free_port(ip(10, 0))?,
             order_port: free_port(ip(20, 0))?,
@@ -259,8 +270,18 @@ impl Stack {
             ("HTTP_WORKERS", "1".to_owned()),
             ("DATABASE_MAX_CONNECTIONS", "5".to_owned()),
         ];
+        if self.auth.is_some() {
+            env.push(("REQUIRE_IDENTITY", "true".to_owned()));
+        }
         env.extend(self.options.service_env.iter().cloned());
         env
+    }
+
+    /// A bearer token for `subject` holding `scopes`, valid for an hour; `None` without auth.
+    pub fn token(&self, subject: &str, scopes: &[&str]) -> Option<String> {
+        self.auth
+            .as_ref()
+            .map(|(issuer, _)| dev_keys::token(issuer, subject, scopes, Duration::from_secs(3600)))
     }
 
     fn catalog_env(&self) -> Vec<(&'static str, String)> {
@@ -368,6 +389,14 @@ impl Stack {
             // so whatever balances traffic onto the gateway stops sending first.
             ("SHUTDOWN_DELAY_MS", "300".to_owned()),
         ];
+        if let Some((_, jwks)) = &self.auth {
+            env.extend([
+                ("AUTH_JWKS_FILE", jwks.display().to_string()),
+                ("AUTH_ISSUER", dev_keys::ISSUER.to_owned()),
+                ("AUTH_AUDIENCE", dev_keys::AUDIENCE.to_owned()),
+                ("AUTH_POLICIES", dev_keys::POLICIES.to_owned()),
+            ]);
+        }
         env.extend(self.options.gateway_env.iter().cloned());
         if self.options.canary {
             env.push((

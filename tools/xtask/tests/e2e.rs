@@ -116,7 +116,10 @@ async fn served_products(instance: &str) -> f64 {
 }
 
 /// gateway → order → catalog, and the saga confirms the order; returns the product.
-async fn order_is_confirmed(gateway: &str) -> String {
+async fn order_is_confirmed(platform: &stack::Stack) -> String {
+    let gateway = &platform.gateway_url;
+    let customer = uuid::Uuid::now_v7();
+    let token = platform.token(&customer.to_string(), &[]).unwrap();
     let client = reqwest::Client::new();
     let page: Value = client
         .get(format!("{gateway}/api/catalog/products?limit=1"))
@@ -129,8 +132,9 @@ async fn order_is_confirmed(gateway: &str) -> String {
     let product = page["items"][0]["id"].as_str().unwrap().to_owned();
     let placed = client
         .post(format!("{gateway}/api/orders/orders"))
+        .bearer_auth(&token)
         .header("idempotency-key", uuid::Uuid::new_v4().to_string())
-        .json(&json!({"customer_id": uuid::Uuid::now_v7(), "lines": [{"product_id": product, "quantity": 2}]}))
+        .json(&json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 2}]}))
         .send()
         .await
         .unwrap();
@@ -144,6 +148,7 @@ async fn order_is_confirmed(gateway: &str) -> String {
     for _ in 0..150 {
         let seen: Value = client
             .get(&order_url)
+            .bearer_auth(&token)
             .send()
             .await
             .unwrap()
@@ -190,7 +195,7 @@ async fn added_instance_takes_traffic(platform: &mut stack::Stack, product: &str
 async fn the_platform_serves_survives_a_crash_scales_out_and_drains_on_sigterm() {
     let (mut platform, _sandbox) = platform(2).await;
     let gateway = platform.gateway_url.clone();
-    let product = order_is_confirmed(&gateway).await;
+    let product = order_is_confirmed(&platform).await;
 
     // Kill one catalog instance under load: no GET fails.
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +248,7 @@ async fn the_platform_serves_survives_a_crash_scales_out_and_drains_on_sigterm()
 /// retried with the same key for up to 2 s as a careful client would; an order still not
 /// accepted after 2 s is a failed order.
 fn place_orders(
-    gateway: &str,
+    platform: &stack::Stack,
     product: &str,
     clients: usize,
     stop: &Arc<AtomicBool>,
@@ -254,8 +259,14 @@ fn place_orders(
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap();
-            let (url, stop) = (format!("{gateway}/api/orders/orders"), Arc::clone(stop));
-            let body = json!({"customer_id": uuid::Uuid::now_v7(), "lines": [{"product_id": product, "quantity": 1}]});
+            let (url, stop) = (
+                format!("{}/api/orders/orders", platform.gateway_url),
+                Arc::clone(stop),
+            );
+            let customer = uuid::Uuid::now_v7();
+            let token = platform.token(&customer.to_string(), &[]).unwrap();
+            let body =
+                json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 1}]});
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 while !stop.load(Ordering::Relaxed) {
@@ -264,6 +275,7 @@ fn place_orders(
                     loop {
                         let sent = client
                             .post(&url)
+                            .bearer_auth(&token)
                             .header("idempotency-key", &key)
                             .json(&body)
                             .send()
@@ -298,11 +310,10 @@ fn place_orders(
 #[tokio::test]
 async fn restarting_the_only_order_instance_fails_no_order_of_a_client_that_retries() {
     let (mut platform, sandbox) = platform(1).await;
-    let gateway = platform.gateway_url.clone();
-    let product = order_is_confirmed(&gateway).await;
+    let product = order_is_confirmed(&platform).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = place_orders(&gateway, &product, 4, &stop);
+    let tasks = place_orders(&platform, &product, 4, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = tokio::time::Instant::now();
     let old = platform.restart("order-1").await.unwrap();
@@ -333,4 +344,99 @@ async fn restarting_the_only_order_instance_fails_no_order_of_a_client_that_retr
         "one order per accepted key (plus the first one), none doubled"
     );
     platform.stop().await;
+}
+
+/// Through the real gateway and services, as `cargo xtask up` runs them: no write without a
+/// token, no one else's order, no upstream internals, and no identity a client makes up.
+#[tokio::test]
+async fn the_edge_lets_no_write_through_without_a_token() {
+    let (platform, _sandbox) = platform(1).await;
+    let gateway = &platform.gateway_url;
+    let client = reqwest::Client::new();
+    let products = format!("{gateway}/api/catalog/products");
+    let product = json!({"sku": format!("EDGE-{}", uuid::Uuid::new_v4().simple()), "name": "Edge",
+        "price": {"amount_minor": 100, "currency": "EUR"}, "stock": 5});
+    let (alice, bob) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let token =
+        |sub: &uuid::Uuid, scopes: &[&str]| platform.token(&sub.to_string(), scopes).unwrap();
+
+    // Catalog writes: 401 without a token (also with identity headers made up by the
+    // client), 403 without the scope, 201 with it.
+    let forged = client
+        .post(&products)
+        .header("x-identity-subject", "admin")
+        .header("x-identity-scopes", "catalog:write")
+        .json(&product)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let customer = client
+        .post(&products)
+        .bearer_auth(token(&alice, &[]))
+        .json(&product);
+    assert_eq!(customer.send().await.unwrap().status(), 403);
+    let editor = client
+        .post(&products)
+        .bearer_auth(token(&bob, &["catalog:write"]))
+        .json(&product)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(editor.status(), 201);
+    let id = editor.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let product_url = format!("{products}/{id}");
+    let anonymous_patch = client
+        .patch(&product_url)
+        .header("if-match", "*")
+        .json(&json!({"stock": 0}));
+    assert_eq!(anonymous_patch.send().await.unwrap().status(), 401);
+    assert_eq!(
+        client.delete(&product_url).send().await.unwrap().status(),
+        401
+    );
+    assert_eq!(client.get(&product_url).send().await.unwrap().status(), 200);
+
+    // Orders: a customer's own only.
+    let orders = format!("{gateway}/api/orders/orders");
+    let place = |bearer: Option<String>| {
+        let request = client
+            .post(&orders)
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+            .json(&json!({"lines": [{"product_id": id, "quantity": 1}]}));
+        match bearer {
+            Some(bearer) => request.bearer_auth(bearer),
+            None => request,
+        }
+    };
+    assert_eq!(place(None).send().await.unwrap().status(), 401);
+    let placed = place(Some(token(&alice, &[]))).send().await.unwrap();
+    assert_eq!(placed.status(), 202);
+    let order: Value = placed.json().await.unwrap();
+    assert_eq!(order["customer_id"], alice.to_string());
+    let order_url = format!("{orders}/{}", order["id"].as_str().unwrap());
+    let as_bob = client.get(&order_url).bearer_auth(token(&bob, &[]));
+    assert_eq!(as_bob.send().await.unwrap().status(), 404);
+    let as_alice = client.get(&order_url).bearer_auth(token(&alice, &[]));
+    assert_eq!(as_alice.send().await.unwrap().status(), 200);
+
+    // The services' internals are not reachable through the public port.
+    for path in [
+        "/api/catalog/metrics",
+        "/api/orders/metrics",
+        "/api/catalog/health/ready",
+        "/api/orders/openapi.json",
+        "/metrics",
+    ] {
+        let status = client
+            .get(format!("{gateway}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404, "{path}");
+    }
 }

@@ -4,16 +4,18 @@ mod conditional;
 mod products;
 
 use actix_web::{http::StatusCode, web};
-use dockyard_runtime::problem::Problem;
+use dockyard_runtime::{identity::IdentityConfig, problem::Problem};
 
 use crate::store::{ProductStore, StoreError};
 
 pub use products::ApiDoc;
 
 /// Mounts every catalog route, and `GET /openapi.json`.
-pub fn configure(config: &mut web::ServiceConfig, store: ProductStore) {
+pub fn configure(config: &mut web::ServiceConfig, store: ProductStore, identity: IdentityConfig) {
     use utoipa::OpenApi;
-    config.app_data(web::Data::new(store));
+    config
+        .app_data(web::Data::new(store))
+        .app_data(web::Data::new(identity));
     products::configure(config);
     dockyard_runtime::openapi::serve(config, &ApiDoc::openapi());
 }

@@ -12,6 +12,7 @@ use actix_web::{
 };
 use dockyard_runtime::{
     id::Id,
+    identity::Caller,
     number::{Whole, WholeParam},
     openapi::{ProblemSchema, method_not_allowed},
     problem::{FieldError, Problem},
@@ -29,6 +30,8 @@ use crate::{
 /// Page size when `limit` is not given, and the largest allowed (also for `ids=`).
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
+/// The scope a caller needs to change the catalog (see [`Caller::require_scope`]).
+pub const WRITE_SCOPE: &str = "catalog:write";
 
 // Patterns are written out where they are used (the OpenAPI attributes take literals only):
 // names have no control characters and at least one character that is not white space;
@@ -227,6 +230,9 @@ struct CreateBody {
         (status = 201, description = "Created", body = Product,
             headers(("Location" = String, description = "`/products/{id}`"), ("ETag" = String))),
         (status = 400, description = "Malformed JSON", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No caller (`REQUIRE_IDENTITY` is on and the gateway vouched for none)", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The caller lacks the scope `catalog:write`", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 409, description = "The SKU is taken", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 64 KiB", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`", body = ProblemSchema, content_type = "application/problem+json"),
@@ -238,8 +244,10 @@ struct CreateBody {
 #[tracing::instrument(skip_all, fields(sku = %body.sku))]
 async fn create(
     store: web::Data<ProductStore>,
+    caller: Caller,
     body: web::Json<CreateBody>,
 ) -> Result<HttpResponse, Problem> {
+    caller.require_scope(WRITE_SCOPE)?;
     let product = NewProduct::parse(
         &body.sku,
         &body.name,
@@ -295,6 +303,9 @@ struct PatchBody {
     responses(
         (status = 200, description = "Changed", body = Product, headers(("ETag" = String))),
         (status = 400, description = "Malformed id or JSON", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No caller (`REQUIRE_IDENTITY` is on and the gateway vouched for none)", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The caller lacks the scope `catalog:write`", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 412, description = "The product changed since that ETag; `current_etag` says what it is now", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 64 KiB", body = ProblemSchema, content_type = "application/problem+json"),
@@ -305,13 +316,15 @@ struct PatchBody {
             headers(("Retry-After" = u32))),
     )
 )]
-#[tracing::instrument(skip(store, request, body))]
+#[tracing::instrument(skip(store, caller, request, body))]
 async fn update(
     store: web::Data<ProductStore>,
     id: web::Path<Id>,
+    caller: Caller,
     request: HttpRequest,
     body: web::Json<PatchBody>,
 ) -> Result<HttpResponse, Problem> {
+    caller.require_scope(WRITE_SCOPE)?;
     let expected = conditional::expected_versions(&request, true)?;
     let changes = ProductChanges::parse(
         body.name.as_deref(),
@@ -340,18 +353,23 @@ async fn update(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Malformed id", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No caller (`REQUIRE_IDENTITY` is on and the gateway vouched for none)", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The caller lacks the scope `catalog:write`", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 412, description = "The product changed since that ETag", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = ProblemSchema, content_type = "application/problem+json",
             headers(("Retry-After" = u32))),
     )
 )]
-#[tracing::instrument(skip(store, request))]
+#[tracing::instrument(skip(store, caller, request))]
 async fn remove(
     store: web::Data<ProductStore>,
     id: web::Path<Id>,
+    caller: Caller,
     request: HttpRequest,
 ) -> Result<HttpResponse, Problem> {
+    caller.require_scope(WRITE_SCOPE)?;
     let expected: Expected = conditional::expected_versions(&request, false)?;
     store.delete(id.into_inner().uuid(), &expected).await?;
     tracing::info!("product deleted");

@@ -4,7 +4,7 @@ use std::sync::Once;
 
 use catalog::{config::Settings, startup::Application, store};
 use dockyard_messaging::testing::{TestExchange, amqp_url};
-use dockyard_runtime::{config, server::HttpConfig, telemetry};
+use dockyard_runtime::{config, identity::IdentityConfig, server::HttpConfig, telemetry};
 use dockyard_testkit::TestDatabase;
 use reqwest::{Response, header};
 use serde_json::{Value, json};
@@ -44,6 +44,7 @@ pub fn settings(database_url: &str, exchange: &TestExchange) -> Settings {
             ("AMQP_EXCHANGE", exchange.name()),
         ])
         .expect("a valid test AMQP_URL"),
+        identity: IdentityConfig::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod health;
 mod helpers;
+mod identity;
 mod process;
 mod products;
 mod stock;

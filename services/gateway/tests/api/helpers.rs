@@ -133,11 +133,11 @@ pub fn dead_url() -> String {
     format!("http://127.0.0.9:{port}")
 }
 
-/// A running gateway: its base URL, its admin API's base URL (when a token was given) and
+/// A running gateway: its base URL, its admin listener's base URL (admin API, metrics) and
 /// its stop switch (dropping it stops the gateway).
 pub struct TestGateway {
     pub url: String,
-    pub admin: Option<String>,
+    pub admin: String,
     _stop: oneshot::Sender<()>,
 }
 
@@ -170,9 +170,7 @@ pub async fn gateway_with(routes: &str, extra: &[(&str, &str)]) -> TestGateway {
     };
     let app = Application::build(&settings).await.unwrap();
     let url = format!("http://127.0.0.1:{}", app.port());
-    let admin = app
-        .admin_port()
-        .map(|port| format!("http://127.0.0.1:{port}"));
+    let admin = format!("http://127.0.0.1:{}", app.admin_port());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -194,7 +192,7 @@ impl TestGateway {
     /// `GET /upstreams` on the admin API.
     pub async fn upstreams(&self) -> Value {
         reqwest::Client::new()
-            .get(format!("{}/upstreams", self.admin.as_ref().unwrap()))
+            .get(format!("{}/upstreams", self.admin))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
@@ -207,7 +205,7 @@ impl TestGateway {
     /// A `PUT` on the admin API; returns the status and body.
     pub async fn admin_put(&self, path: &str, body: Value) -> (u16, Value) {
         let response = reqwest::Client::new()
-            .put(format!("{}{path}", self.admin.as_ref().unwrap()))
+            .put(format!("{}{path}", self.admin))
             .bearer_auth(ADMIN_TOKEN)
             .json(&body)
             .send()
@@ -217,6 +215,18 @@ impl TestGateway {
             response.status().as_u16(),
             response.json().await.unwrap_or(Value::Null),
         )
+    }
+}
+
+impl TestGateway {
+    /// The gateway's own metrics (from the admin listener).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 

@@ -4,6 +4,7 @@
 //! on loopback names them.
 
 mod discovery;
+mod edge;
 mod helpers;
 mod kill;
 mod protection;

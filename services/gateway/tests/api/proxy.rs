@@ -268,7 +268,7 @@ async fn ambiguous_framing_is_refused() {
 #[tokio::test]
 async fn invented_methods_share_one_metric_series() {
     let echo = upstream("echo", "127.0.0.2", false);
-    let (gateway, _stop) = gateway(&format!("/api/x={}", echo.url), &[]).await;
+    let (gateway, stop) = gateway(&format!("/api/x={}", echo.url), &[]).await;
     let client = reqwest::Client::new();
     for method in ["BREW", "WHEN", "GET"] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
@@ -280,14 +280,7 @@ async fn invented_methods_share_one_metric_series() {
         assert_eq!(response.status(), 200);
     }
 
-    let metrics = client
-        .get(format!("{gateway}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stop.metrics().await;
     let forwarded: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("dockyard_http_requests_total{") && l.contains("/{path:.*}"))

@@ -131,14 +131,7 @@ async fn retries_stop_when_the_budget_is_spent() {
         failed > 0,
         "without budget, a request on the dead instance is not retried"
     );
-    let metrics = client
-        .get(format!("{}/metrics", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     let refused = format!("dockyard_gateway_retries_refused_total{{route=\"x\"}} {failed}");
     assert!(metrics.contains(&refused), "{refused} in\n{metrics}");
     assert!(metrics.contains(

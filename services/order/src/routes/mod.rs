@@ -3,7 +3,7 @@
 mod orders;
 
 use actix_web::{http::StatusCode, web};
-use dockyard_runtime::{exit::error_chain, problem::Problem};
+use dockyard_runtime::{exit::error_chain, identity::IdentityConfig, problem::Problem};
 
 use std::sync::Arc;
 
@@ -21,9 +21,11 @@ pub fn configure(
     store: OrderStore,
     catalog: CatalogClient,
     admission: Arc<Admission>,
+    identity: IdentityConfig,
 ) {
     use utoipa::OpenApi;
     config
+        .app_data(web::Data::new(identity))
         .app_data(web::Data::new(store))
         .app_data(web::Data::new(catalog))
         .app_data(web::Data::from(admission));

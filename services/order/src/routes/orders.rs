@@ -8,6 +8,7 @@ use actix_web::{
 };
 use dockyard_runtime::{
     id::Id,
+    identity::Caller,
     number::{Whole, WholeParam},
     openapi::{ProblemSchema, method_not_allowed},
     problem::{FieldError, Problem},
@@ -62,7 +63,9 @@ struct LineBody {
 #[serde(deny_unknown_fields)]
 #[schema(as = NewOrder)]
 struct PlaceBody {
-    customer_id: Id,
+    /// The customer placing the order. Through the gateway it is the caller's own (the token's
+    /// `sub`) and may be left out; another customer's id is `403`.
+    customer_id: Option<Id>,
     /// 1 to 100 lines.
     #[schema(min_items = 1, max_items = 100)]
     lines: Vec<LineBody>,
@@ -103,6 +106,9 @@ fn accepted(order: &Value, status: u16) -> HttpResponse {
         (status = 202, description = "Accepted: pending until the stock saga decides", body = Order,
             headers(("Location" = String, description = "`/orders/{id}`"))),
         (status = 400, description = "Malformed JSON, or no usable `Idempotency-Key`", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No caller (`REQUIRE_IDENTITY` is on and the gateway vouched for none)", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The caller is not a customer, or names another customer", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 64 KiB", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, a product that does not exist, or the key used before with another body", body = ProblemSchema, content_type = "application/problem+json"),
@@ -115,13 +121,15 @@ async fn place(
     store: web::Data<OrderStore>,
     catalog: web::Data<CatalogClient>,
     admission: web::Data<Admission>,
+    caller: Caller,
     request: HttpRequest,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, Problem> {
     let key = idempotency_key(&request)?;
+    let mut raw = body.into_inner();
+    own_customer(&caller, &mut raw)?;
     // Refused before anything is written: a retry with the same key starts afresh.
     admission.admit(store.queue_full())?;
-    let raw = body.into_inner();
     // The first time, this is all there is to do; a request repeated with its key finds the
     // key taken in `place` and gets its first answer. Only when the request is refused does
     // the key get looked up first: an order accepted before stays accepted (say its product
@@ -142,6 +150,45 @@ async fn place(
     replay(placed)
 }
 
+/// With a caller, the order is theirs: a `customer_id` in the body must be the caller's (else
+/// `403`) and is filled in when left out, so the request remembered with its `Idempotency-Key`
+/// names the customer — the same key and body from another customer is a different request.
+fn own_customer(caller: &Caller, raw: &mut Value) -> Result<(), Problem> {
+    let Some(identity) = &caller.0 else {
+        return Ok(());
+    };
+    let customer = identity.customer_id()?;
+    let Some(body) = raw.as_object_mut() else {
+        return Ok(()); // not an object: refused as invalid content next
+    };
+    if let Some(named) = body.get("customer_id") {
+        let same = named
+            .as_str()
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .is_some_and(|id| id == customer);
+        if !same {
+            return Err(Problem::forbidden(
+                "`customer_id` names another customer; leave it out to order as yourself",
+            ));
+        }
+    }
+    body.insert(
+        "customer_id".to_owned(),
+        Value::String(customer.to_string()),
+    );
+    Ok(())
+}
+
+/// The caller's view of an order: another customer's order does not exist for them.
+fn visible(caller: &Caller, order: Order) -> Result<Order, Problem> {
+    match &caller.0 {
+        Some(identity) if identity.customer_id()? != order.customer_id => {
+            Err(Problem::not_found(format!("order {} not found", order.id)))
+        }
+        _ => Ok(order),
+    }
+}
+
 /// The order the body asks for, priced.
 async fn validate_and_price(
     catalog: &CatalogClient,
@@ -154,7 +201,13 @@ async fn validate_and_price(
         .iter()
         .map(|l| (l.product_id.uuid(), l.quantity.get()))
         .collect();
-    let mut order = NewOrder::parse(parsed.customer_id.uuid(), &lines)
+    let customer_id = parsed.customer_id.ok_or_else(|| {
+        Problem::validation(&[FieldError::new(
+            "customer_id",
+            "is required (or place the order through the gateway with a customer's token)",
+        )])
+    })?;
+    let mut order = NewOrder::parse(customer_id.uuid(), &lines)
         .map_err(|errors| Problem::validation(&errors))?;
     let total = price(catalog, &mut order).await?;
     Ok((order, total))
@@ -228,20 +281,29 @@ fn replay(placed: Placed) -> Result<HttpResponse, Problem> {
     responses(
         (status = 200, description = "The order", body = Order),
         (status = 400, description = "A malformed id", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No caller (`REQUIRE_IDENTITY` is on and the gateway vouched for none)", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The caller is not a customer", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = ProblemSchema, content_type = "application/problem+json",
             headers(("Retry-After" = u32))),
     )
 )]
-async fn show(store: web::Data<OrderStore>, id: web::Path<Id>) -> Result<HttpResponse, Problem> {
-    Ok(HttpResponse::Ok().json(store.get(id.into_inner().uuid()).await?))
+async fn show(
+    store: web::Data<OrderStore>,
+    caller: Caller,
+    id: web::Path<Id>,
+) -> Result<HttpResponse, Problem> {
+    let order = visible(&caller, store.get(id.into_inner().uuid()).await?)?;
+    Ok(HttpResponse::Ok().json(order))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
-    customer_id: Id,
+    /// Whose orders; through the gateway the caller's own (may be left out).
+    customer_id: Option<Id>,
     /// Page size, 1–100 (default 20).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<WholeParam<u32>>,
@@ -263,15 +325,32 @@ struct Page {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of orders", body = Page),
-        (status = 400, description = "A malformed query", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "A malformed query, or no `customer_id` without a caller", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No caller (`REQUIRE_IDENTITY` is on and the gateway vouched for none)", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The caller is not a customer, or names another customer", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = ProblemSchema, content_type = "application/problem+json",
             headers(("Retry-After" = u32))),
     )
 )]
 async fn list(
     store: web::Data<OrderStore>,
+    caller: Caller,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, Problem> {
+    let named = query.customer_id.map(Id::uuid);
+    let customer_id = match &caller.0 {
+        Some(identity) => {
+            let own = identity.customer_id()?;
+            if named.is_some_and(|named| named != own) {
+                return Err(Problem::forbidden(
+                    "`customer_id` names another customer; leave it out to list your own orders",
+                ));
+            }
+            own
+        }
+        None => named.ok_or_else(|| Problem::bad_request("`customer_id` is required"))?,
+    };
     let limit = query.limit.map_or(DEFAULT_LIMIT, WholeParam::get);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Problem::bad_request(format!(
@@ -280,7 +359,7 @@ async fn list(
     }
     let mut items = store
         .of_customer(
-            query.customer_id.uuid(),
+            customer_id,
             query.cursor.map(Id::uuid),
             i64::from(limit) + 1,
         )
@@ -301,14 +380,25 @@ async fn list(
     responses(
         (status = 200, description = "The cancelled order", body = Order),
         (status = 400, description = "A malformed id", body = ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "No caller (`REQUIRE_IDENTITY` is on and the gateway vouched for none)", body = ProblemSchema, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The caller is not a customer", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 409, description = "The order is rejected or cancelled already", body = ProblemSchema, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = ProblemSchema, content_type = "application/problem+json",
             headers(("Retry-After" = u32))),
     )
 )]
-async fn cancel(store: web::Data<OrderStore>, id: web::Path<Id>) -> Result<HttpResponse, Problem> {
-    Ok(HttpResponse::Ok().json(store.cancel(id.into_inner().uuid()).await?))
+async fn cancel(
+    store: web::Data<OrderStore>,
+    caller: Caller,
+    id: web::Path<Id>,
+) -> Result<HttpResponse, Problem> {
+    let id = id.into_inner().uuid();
+    if caller.0.is_some() {
+        visible(&caller, store.get(id).await?)?;
+    }
+    Ok(HttpResponse::Ok().json(store.cancel(id).await?))
 }
 
 /// The order service's API.

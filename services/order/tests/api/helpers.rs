@@ -3,7 +3,7 @@
 use std::{sync::Once, time::Duration};
 
 use dockyard_messaging::testing::{TestExchange, amqp_url};
-use dockyard_runtime::{config, server::HttpConfig, telemetry};
+use dockyard_runtime::{config, identity::IdentityConfig, server::HttpConfig, telemetry};
 use dockyard_testkit::TestDatabase;
 use reqwest::Response;
 use serde_json::{Value, json};
@@ -74,6 +74,7 @@ pub fn start_catalog(db: &TestDatabase, exchange: &TestExchange) -> Running {
         http: HttpConfig::ephemeral(),
         database: database(db.url()),
         broker: broker(exchange, &amqp_url()),
+        identity: IdentityConfig::default(),
     };
     let app = catalog::startup::Application::build(&settings).unwrap();
     run(app.port(), |stopped| {
@@ -109,6 +110,7 @@ pub fn start_order_with(
         catalog: config::from_vars([("CATALOG_URL", catalog_url)]).unwrap(),
         saga: config::from_vars(vars.iter().copied()).unwrap(),
         admission: config::from_vars(vars.iter().copied()).unwrap(),
+        identity: config::from_vars(vars.iter().copied()).unwrap(),
     };
     let app = order::startup::Application::build(&settings).unwrap();
     run(app.port(), |stopped| {

@@ -3,6 +3,7 @@
 //! RabbitMQ. `TEST_LOG=1` shows their logs.
 
 mod helpers;
+mod identity;
 mod orders;
 mod process;
 mod saga;
