@@ -204,11 +204,16 @@ impl Authenticator {
     /// Loads the keys (reads the file, fetches the URL); an error stops the start.
     pub async fn load(config: AuthConfig) -> anyhow::Result<Self> {
         let keys = match &config.keys {
-            KeySource::Hs256(secret) => vec![VerifyingKey {
-                kid: None,
-                key: DecodingKey::from_secret(secret),
-                validation: validation(Algorithm::HS256, &config),
-            }],
+            KeySource::Hs256(secret) => {
+                tracing::warn!(
+                    "AUTH_HS256_SECRET: tokens are verified with a shared secret, for local development only; use AUTH_JWKS_FILE or AUTH_JWKS_URL elsewhere"
+                );
+                vec![VerifyingKey {
+                    kid: None,
+                    key: DecodingKey::from_secret(secret),
+                    validation: validation(Algorithm::HS256, &config),
+                }]
+            }
             KeySource::JwksFile(path) => {
                 let document = std::fs::read(path).map_err(|error| {
                     anyhow::anyhow!("AUTH_JWKS_FILE: cannot read {}: {error}", path.display())

@@ -414,3 +414,68 @@ async fn internal_paths_are_configurable_and_metrics_need_no_admin_token() {
         .unwrap();
     assert_eq!(upstreams.status(), 404);
 }
+
+/// A JWKS served over HTTP whose keys the test can replace.
+fn jwks_server(
+    keys: std::sync::Arc<std::sync::Mutex<Value>>,
+) -> (String, actix_web::dev::ServerHandle) {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let server = HttpServer::new(move || {
+        let keys = std::sync::Arc::clone(&keys);
+        App::new().route(
+            "/jwks.json",
+            web::get().to(move || {
+                let body = keys.lock().unwrap().clone();
+                async move { HttpResponse::Ok().json(body) }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.4", 0))
+    .unwrap();
+    let url = format!("http://127.0.0.4:{}/jwks.json", server.addrs()[0].port());
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (url, handle)
+}
+
+#[tokio::test]
+async fn keys_from_a_jwks_url_are_fetched_again_so_a_rotated_key_is_accepted() {
+    let (old, new) = (TokenIssuer::generate(), TokenIssuer::generate());
+    let published = std::sync::Arc::new(std::sync::Mutex::new(old.jwks()));
+    let (jwks_url, idp) = jwks_server(std::sync::Arc::clone(&published));
+    let (catalog, orders) = (
+        upstream("catalog", "127.0.0.2", false),
+        upstream("orders", "127.0.0.3", false),
+    );
+    let gateway = gateway_with(
+        &format!("/api/catalog={};/api/orders={}", catalog.url, orders.url),
+        &[
+            ("AUTH_JWKS_URL", jwks_url.as_str()),
+            ("AUTH_JWKS_REFRESH_SECS", "1"),
+            ("AUTH_ISSUER", ISSUER),
+            ("AUTH_AUDIENCE", AUDIENCE),
+            ("AUTH_POLICIES", POLICIES),
+        ],
+    )
+    .await;
+    let products = format!("{}/api/catalog/products", gateway.url);
+    let old_token = old.token(&grant(CUSTOMER, &["catalog:write"]));
+    let new_token = new.token(&grant(CUSTOMER, &["catalog:write"]));
+    assert_eq!(post(&products, Some(&old_token)).await.status(), 200);
+    assert_eq!(post(&products, Some(&new_token)).await.status(), 401);
+
+    *published.lock().unwrap() = new.jwks();
+    crate::helpers::eventually(5, "the rotated key is fetched", || async {
+        post(&products, Some(&new_token)).await.status() == 200
+    })
+    .await;
+    assert_eq!(post(&products, Some(&old_token)).await.status(), 401);
+
+    // While the JWKS cannot be fetched, the last good keys stay.
+    idp.stop(false).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(post(&products, Some(&new_token)).await.status(), 200);
+}
