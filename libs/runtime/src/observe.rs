@@ -48,6 +48,7 @@ pub async fn request(
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
     let method_label = crate::metrics::method_label(&method);
+    let routine = crate::telemetry::is_routine(request.path());
     let metrics = request.app_data::<web::Data<Metrics>>().cloned();
     request
         .extensions_mut()
@@ -68,7 +69,14 @@ pub async fn request(
             Ok(response) => response.response().error().map(ToString::to_string),
             Err(error) => Some(error.to_string()),
         };
-        if status.is_server_error() {
+        if routine {
+            // A probe answered 503 (not ready, draining) is a state, not a failure.
+            if status.is_success() {
+                tracing::debug!(status = status.as_u16(), latency_ms, "request completed");
+            } else {
+                tracing::info!(status = status.as_u16(), latency_ms, "request completed");
+            }
+        } else if status.is_server_error() {
             tracing::error!(
                 status = status.as_u16(),
                 latency_ms,

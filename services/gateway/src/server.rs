@@ -345,7 +345,15 @@ async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Resp
     let latency = started.elapsed();
     let status = response.status();
     let latency_ms = latency.as_secs_f64() * 1000.0;
-    if status.is_server_error() {
+    if route != FORWARD_ROUTE {
+        // The gateway's own health probes: routine when they succeed, and a 503 (draining) is
+        // a state, not a failure.
+        if status.is_success() {
+            tracing::debug!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");
+        } else {
+            tracing::info!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");
+        }
+    } else if status.is_server_error() {
         tracing::error!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, error = failure.as_ref().map(ToString::to_string), "request failed");
     } else {
         tracing::info!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");

@@ -11,10 +11,15 @@ const COLOURS: [u8; 6] = [36, 33, 35, 32, 34, 31];
 /// The prefix of instance number `index` named `name`.
 pub fn prefix(index: usize, name: &str) -> String {
     let plain = format!("{name:<11}|");
-    if std::env::var_os("NO_COLOR").is_some() || !std::io::stdout().is_terminal() {
+    if !colour() {
         return plain;
     }
     format!("\x1b[{}m{plain}\x1b[0m", COLOURS[index % COLOURS.len()])
+}
+
+/// Whether our output is coloured: on a terminal, unless `NO_COLOR` is set.
+pub fn colour() -> bool {
+    std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
 }
 
 /// Copies `stream` line by line to stdout behind `prefix`, until it ends.

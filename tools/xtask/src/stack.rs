@@ -133,6 +133,27 @@ pub fn build(release: bool) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = std::process::Command::new(cargo);
     command.args(["build", "-p", "catalog", "-p", "order", "-p", "gateway"]);
+    // `cargo xtask` runs us under `cargo run`, which sets the variables a crate sees at run
+    // time (`CARGO_PKG_NAME=xtask`, `CARGO_MANIFEST_DIR`, …). Build scripts such as ring's
+    // rerun when those change, so passing them on rebuilt ring, rustls, sqlx and every service
+    // on each `cargo xtask up` after a plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
     if release {
         command.arg("--release");
     }
@@ -320,6 +341,15 @@ impl Stack {
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("HOST", ip.to_string())
             .env("PORT", port.to_string())
+            // Their output is a pipe to us; colour it when we show it on a terminal.
+            .env(
+                "CLICOLOR_FORCE",
+                if self.options.show_logs && logs::colour() {
+                    "1"
+                } else {
+                    "0"
+                },
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -306,3 +306,43 @@ async fn wait_for_blocked_query(pool: &sqlx::PgPool) {
     }
     panic!("the listing never reached the database");
 }
+
+#[tokio::test]
+async fn probes_and_scrapes_stay_out_of_the_info_log_and_no_colour_goes_to_a_pipe() {
+    let db = TestDatabase::create("catalog").await;
+    let exchange = TestExchange::new(dockyard_contracts::topology());
+    let amqp = amqp_url();
+    let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
+    // Pretty lines written to a pipe carry no ANSI escapes.
+    let migrated = run(&[env[0], env[1], ("LOG_FORMAT", "pretty")], &["migrate"]).await;
+    assert!(migrated.status.success());
+    let pretty = String::from_utf8_lossy(&migrated.stdout);
+    assert!(!pretty.is_empty() && !pretty.contains('\u{1b}'), "{pretty}");
+
+    let mut served = serve(db.url(), &exchange, &[("RUST_LOG", "info")]).await;
+    wait_until_ready(served.port).await;
+    // Probes answered 503 while it started are logged (a state worth seeing); from here on,
+    // every request succeeds.
+    served.lines.lock().unwrap().clear();
+    let client = client();
+    for path in ["/health/live", "/health/ready", "/metrics", "/products"] {
+        let url = format!("http://127.0.0.1:{}{path}", served.port);
+        assert_eq!(
+            client.get(url).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let routes: Vec<String> = served
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["message"] == "request completed" && e["status"] == 200)
+        .map(|e| e["span"]["route"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(routes, ["/products"], "one INFO line, for the real request");
+    let _ = served.child.kill().await;
+}
