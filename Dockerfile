@@ -20,8 +20,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 # Only the dependencies: this layer is reused until Cargo.lock or a manifest changes. The same
-# packages as the build below, so cargo unifies the same features and reuses every artifact
-# (the whole workspace would add the dev tools' dependencies and other feature sets).
+# packages as the build below; every member depends on libs/workspace-hack (cargo hakari), so
+# the features are the whole workspace's, the same as `cargo build --workspace` and the tests.
 RUN cargo chef cook --release --locked -p catalog -p order -p gateway --recipe-path recipe.json
 COPY . .
 ARG RELEASE_ID=dev

@@ -8,12 +8,14 @@
 //! - `conformance`: schemathesis against every API of a live platform ([`conformance`]).
 //! - `chaos`: faults under load, then the saga's invariants ([`chaos`]).
 //! - `saga-bench`: the saga at saturation, at 80 % and at 2× ([`saga_bench`], `bench/saga.sh`).
+//! - `token`: a bearer token signed with the local key ([`dev_keys`]).
 //!
 //! # Layout
 //! - [`stack`]: starts and stops the platform: databases, one-off `migrate`/`seed`, then
 //!   catalog, order and gateway instances, each on its own loopback address; the end-to-end
 //!   test drives the same machinery.
 //! - [`database`]: creating the per-service databases.
+//! - [`dev_keys`]: the local platform's token signing key and its JWKS (`.dockyard/dev-keys`).
 //! - [`logs`]: merging the instances' output with a coloured prefix each.
 //! - [`load`]: the load generator and its report.
 //! - [`sandbox`]: databases and an exchange of a run's own, removed afterwards.
