@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{Upstream, gateway, gateway_with, upstream};
+use crate::helpers::{TestGateway, Upstream, gateway, gateway_with, upstream};
 
 const ISSUER: &str = "https://id.test";
 const AUDIENCE: &str = "dockyard";
@@ -81,14 +81,24 @@ fn rs256(claims: &Value) -> String {
     .unwrap()
 }
 
-/// A gateway verifying tokens from `jwks`, with `policies` on routes `catalog` and `orders`.
-async fn secured(
-    jwks: &JwksFile,
-    policies: &str,
-    catalog: &Upstream,
-    orders: &Upstream,
-) -> crate::helpers::TestGateway {
-    gateway_with(
+/// A gateway verifying the tokens of a fresh issuer (and of the test RSA key), with
+/// `policies`, in front of two echoing upstreams, routes `catalog` and `orders`.
+struct Secured {
+    issuer: TokenIssuer,
+    catalog: Upstream,
+    gateway: TestGateway,
+    _orders: Upstream,
+    _jwks: JwksFile,
+}
+
+async fn secured(policies: &str) -> Secured {
+    let issuer = TokenIssuer::generate();
+    let jwks = JwksFile::new(&issuer);
+    let (catalog, orders) = (
+        upstream("catalog", "127.0.0.2", false),
+        upstream("orders", "127.0.0.3", false),
+    );
+    let gateway = gateway_with(
         &format!("/api/catalog={};/api/orders={}", catalog.url, orders.url),
         &[
             ("AUTH_JWKS_FILE", jwks.0.to_str().unwrap()),
@@ -97,7 +107,14 @@ async fn secured(
             ("AUTH_POLICIES", policies),
         ],
     )
-    .await
+    .await;
+    Secured {
+        issuer,
+        catalog,
+        gateway,
+        _orders: orders,
+        _jwks: jwks,
+    }
 }
 
 const POLICIES: &str = "catalog GET,HEAD public; catalog * scope:catalog:write; orders * customer";
@@ -112,13 +129,14 @@ async fn post(url: &str, token: Option<&str>) -> reqwest::Response {
 
 #[tokio::test]
 async fn writes_need_a_token_granting_the_scope_and_the_identity_comes_only_from_the_gateway() {
-    let issuer = TokenIssuer::generate();
-    let jwks = JwksFile::new(&issuer);
-    let (catalog, orders) = (
-        upstream("catalog", "127.0.0.2", false),
-        upstream("orders", "127.0.0.3", false),
-    );
-    let gateway = secured(&jwks, POLICIES, &catalog, &orders).await;
+    // Every part bound: the upstreams and the JWKS file live as long as the test.
+    let Secured {
+        issuer,
+        catalog,
+        gateway,
+        _orders,
+        _jwks,
+    } = secured(POLICIES).await;
     let products = format!("{}/api/catalog/products", gateway.url);
 
     // A public read, with identity headers forged by the client: they never arrive.
@@ -180,13 +198,14 @@ async fn writes_need_a_token_granting_the_scope_and_the_identity_comes_only_from
 
 #[tokio::test]
 async fn expired_foreign_tampered_and_confused_tokens_are_refused() {
-    let issuer = TokenIssuer::generate();
-    let jwks = JwksFile::new(&issuer);
-    let (catalog, orders) = (
-        upstream("catalog", "127.0.0.2", false),
-        upstream("orders", "127.0.0.3", false),
-    );
-    let gateway = secured(&jwks, POLICIES, &catalog, &orders).await;
+    // Every part bound: the upstreams and the JWKS file live as long as the test.
+    let Secured {
+        issuer,
+        catalog,
+        gateway,
+        _orders,
+        _jwks,
+    } = secured(POLICIES).await;
     let products = format!("{}/api/catalog/products", gateway.url);
 
     let good = issuer.sign(&claims(&[]));
@@ -267,14 +286,14 @@ fn base64_url(text: &str) -> String {
 
 #[tokio::test]
 async fn orders_need_a_customer_and_unmatched_routes_need_a_token() {
-    let issuer = TokenIssuer::generate();
-    let jwks = JwksFile::new(&issuer);
-    let (catalog, orders) = (
-        upstream("catalog", "127.0.0.2", false),
-        upstream("orders", "127.0.0.3", false),
-    );
     // No rule for the catalog: any valid token, and only a valid token, passes.
-    let gateway = secured(&jwks, "orders * customer", &catalog, &orders).await;
+    let Secured {
+        issuer,
+        gateway,
+        catalog: _catalog,
+        _orders,
+        _jwks,
+    } = secured("orders * customer").await;
     let client = reqwest::Client::new();
     let order = format!("{}/api/orders/orders", gateway.url);
 
