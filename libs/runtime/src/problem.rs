@@ -139,6 +139,22 @@ impl Problem {
     fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
+
+    /// The headers of a problem's response (lower-case names): its content type, and
+    /// `Retry-After` and `WWW-Authenticate` when it has them. One list for every HTTP stack
+    /// that answers with a problem (actix here, the gateway's hyper data plane).
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
+        [
+            Some(("content-type", Cow::Borrowed(CONTENT_TYPE))),
+            self.retry_after
+                .map(|seconds| ("retry-after", Cow::Owned(seconds.to_string()))),
+            self.www_authenticate
+                .as_deref()
+                .map(|challenge| ("www-authenticate", Cow::Borrowed(challenge.as_ref()))),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 impl fmt::Display for Problem {
@@ -160,12 +176,8 @@ impl ResponseError for Problem {
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let mut response = HttpResponse::build(self.status_code());
-        response.insert_header((header::CONTENT_TYPE, CONTENT_TYPE));
-        if let Some(seconds) = self.retry_after {
-            response.insert_header((header::RETRY_AFTER, seconds));
-        }
-        if let Some(challenge) = &self.www_authenticate {
-            response.insert_header((header::WWW_AUTHENTICATE, challenge.as_ref().as_ref()));
+        for (name, value) in self.headers() {
+            response.insert_header((name, value.as_ref()));
         }
         response.body(serde_json::to_vec(self).expect("a problem always serialises"))
     }

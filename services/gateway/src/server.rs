@@ -396,25 +396,19 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     full(status, "application/json", body)
 }
 
-/// A problem as an `application/problem+json` response, with `Retry-After` and
-/// `WWW-Authenticate` when it has them.
+/// A problem as an `application/problem+json` response, with the headers it carries
+/// ([`Problem::headers`]).
 pub fn problem_response(problem: &Problem) -> Response<Body> {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).expect("a problem always serialises");
-    let mut response = full(status, dockyard_runtime::problem::CONTENT_TYPE, body);
-    if let Some(seconds) = problem.retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    if let Some(challenge) = problem
-        .www_authenticate
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge);
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    for (name, value) in problem.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(http::HeaderName::from_static(name), value);
+        }
     }
     response
 }

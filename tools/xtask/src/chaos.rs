@@ -317,10 +317,8 @@ async fn customer_loop(
         .timeout(Duration::from_secs(10))
         .build()
         .expect("a client");
-    let authorized = |request: reqwest::RequestBuilder| match &token {
-        Some(token) => request.bearer_auth(token),
-        None => request,
-    };
+    let authorized =
+        |request: reqwest::RequestBuilder| dev_keys::with_token(request, token.as_deref());
     let mut placed = 0_usize;
     while !stop.load(Ordering::Relaxed) {
         let product = &products[(customer + placed) % products.len()];
@@ -417,11 +415,7 @@ async fn attacker_loop(gateway: String, token: Option<String>, duration: Duratio
                 .header("idempotency-key", "flood")
                 .json(&json!({"customer_id": "not-a-uuid", "lines": []})),
         };
-        let request = match &token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
-        let _ = request.send().await;
+        let _ = dev_keys::with_token(request, token.as_deref()).send().await;
         sent += 1;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -78,3 +78,15 @@ pub fn token(issuer: &TokenIssuer, subject: &str, scopes: &[&str], ttl: Duration
         ttl,
     })
 }
+
+/// `request` with `token` as its bearer token, when there is one (a platform without auth
+/// gives none).
+pub fn with_token(
+    request: reqwest::RequestBuilder,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}

@@ -173,10 +173,8 @@ async fn user(shared: Arc<Shared>, client: reqwest::Client) {
             Duration::from_secs(3600),
         )
     });
-    let authorized = |request: reqwest::RequestBuilder| match &token {
-        Some(token) => request.bearer_auth(token),
-        None => request,
-    };
+    let authorized =
+        |request: reqwest::RequestBuilder| dev_keys::with_token(request, token.as_deref());
     while !shared.stop.load(Ordering::Relaxed) {
         let page = shared
             .call(

@@ -4,6 +4,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::dev_keys;
+
 /// Creates `count` products named `{label} product {n}` (unique SKUs `{LABEL}-{n}-…`) at
 /// `price_minor` EUR cents with `stock` units each, through `products_url` (a catalog's or the
 /// gateway's `…/products`); returns their ids.
@@ -24,10 +26,7 @@ pub async fn create(
             "price": {"amount_minor": price_minor, "currency": "EUR"},
             "stock": stock,
         });
-        let mut request = client.post(products_url).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
+        let request = dev_keys::with_token(client.post(products_url).json(&body), token);
         let created: Value = request.send().await?.error_for_status()?.json().await?;
         ids.push(created["id"].as_str().context("a product id")?.to_owned());
     }

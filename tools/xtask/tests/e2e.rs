@@ -407,10 +407,7 @@ async fn the_edge_lets_no_write_through_without_a_token() {
             .post(&orders)
             .header("idempotency-key", uuid::Uuid::new_v4().to_string())
             .json(&json!({"lines": [{"product_id": id, "quantity": 1}]}));
-        match bearer {
-            Some(bearer) => request.bearer_auth(bearer),
-            None => request,
-        }
+        xtask::dev_keys::with_token(request, bearer.as_deref())
     };
     assert_eq!(place(None).send().await.unwrap().status(), 401);
     let placed = place(Some(token(&alice, &[]))).send().await.unwrap();
