@@ -36,9 +36,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+use futures_util::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
 use lapin::{
-    BasicProperties, Channel, Confirmation,
+    Channel, Confirmation,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
@@ -51,7 +51,10 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{Broker, broker::Session, envelope::Envelope, inbox, status::ConsumerStatus, topology};
+use crate::{
+    Broker, broker::Session, envelope::Envelope, inbox, outbox::Handoff, status::ConsumerStatus,
+    topology,
+};
 
 /// Header: how many times handlers failed on this event (absent: never).
 pub const FAILURES_HEADER: &str = "x-dockyard-failures";
@@ -111,8 +114,12 @@ pub enum Compensation {
 /// A boxed future borrowing the handler, its transaction and the envelope.
 pub type HandlerFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The events a handler's effects cause: the consumer writes them to the outbox in the
+/// handler's transaction and hands them to the process's relay once it commits.
+pub type Caused = Vec<Envelope>;
+
 /// A service's reaction to events. It runs inside the transaction that also records the
-/// message in the inbox; write effects (and outbox events) through `transaction`.
+/// message in the inbox; write effects through `transaction` and return the events they cause.
 pub trait Handler: Send + Sync + 'static {
     /// Payload versions this handler understands, per event type; others are given up on.
     fn understands(&self, envelope: &Envelope) -> bool;
@@ -121,7 +128,7 @@ pub trait Handler: Send + Sync + 'static {
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> HandlerFuture<'a, Result<(), HandlerError>>;
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>>;
 
     /// Several events of different business processes (different correlation ids), in one
     /// transaction. The default handles them one after the other; a handler overrides it to
@@ -131,18 +138,20 @@ pub trait Handler: Send + Sync + 'static {
         &'a self,
         transaction: &'a mut PgConnection,
         envelopes: &'a [Envelope],
-    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         Box::pin(async move {
+            let mut caused = Vec::new();
             for envelope in envelopes {
-                self.handle(transaction, envelope).await?;
+                caused.extend(self.handle(transaction, envelope).await?);
             }
-            Ok(())
+            Ok(caused)
         })
     }
 
     /// The event is given up on (`reason` says why): close its step of the business process
     /// in `transaction` (a transaction of its own, committed before the message is
-    /// dead-lettered) so that the process still reaches an end. The default does nothing.
+    /// dead-lettered) so that the process still reaches an end; events it causes are written
+    /// with [`crate::outbox::enqueue`]. The default does nothing.
     fn compensate<'a>(
         &'a self,
         transaction: &'a mut PgConnection,
@@ -161,6 +170,7 @@ pub struct Subscription {
     consumer: &'static str,
     handler: Arc<dyn Handler>,
     status: Arc<ConsumerStatus>,
+    handoff: Handoff,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -204,7 +214,16 @@ impl Subscription {
             consumer,
             handler,
             status: Arc::new(ConsumerStatus::new(consumer)),
+            handoff: Handoff::none(),
         }
+    }
+
+    /// Hands the events its handler causes to this relay (see [`crate::outbox`]); without it
+    /// they are written for any relay to claim.
+    #[must_use]
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = handoff;
+        self
     }
 
     pub fn consumer(&self) -> &'static str {
@@ -431,8 +450,18 @@ impl Consumer<'_> {
         }
         match outcome {
             BatchAttempt::Applied(claimed) => {
+                // All the acks at once: each waits for lapin's I/O loop to send it, and one
+                // after the other they kept the batch's lanes busy for a round trip each.
+                for acked in join_all(
+                    together
+                        .iter()
+                        .map(|incoming| incoming.delivery.ack(BasicAckOptions::default())),
+                )
+                .await
+                {
+                    acked?;
+                }
                 for incoming in &together {
-                    incoming.delivery.ack(BasicAckOptions::default()).await?;
                     let id = incoming.envelope.as_ref().map(|e| e.id).ok();
                     let result = if id.is_some_and(|id| claimed.contains(&id)) {
                         Handled::Applied
@@ -512,13 +541,18 @@ impl Consumer<'_> {
             .filter(|e| claimed.contains(&e.id))
             .cloned()
             .collect();
-        if !fresh.is_empty() {
+        let caused = if fresh.is_empty() {
+            Vec::new()
+        } else {
             self.subscription
                 .handler
                 .handle_batch(&mut transaction, &fresh)
-                .await?;
-        }
+                .await?
+        };
+        let handoff = &self.subscription.handoff;
+        let written = handoff.enqueue(&mut transaction, caused).await?;
         transaction.commit().await?;
+        handoff.committed(written);
         Ok(claimed)
     }
 
@@ -647,11 +681,15 @@ impl Consumer<'_> {
         if !inbox::claim(&mut transaction, self.name(), envelope.id).await? {
             return Ok(Handled::Duplicate);
         }
-        self.subscription
+        let caused = self
+            .subscription
             .handler
             .handle(&mut transaction, envelope)
             .await?;
+        let handoff = &self.subscription.handoff;
+        let written = handoff.enqueue(&mut transaction, caused).await?;
         transaction.commit().await?;
+        handoff.committed(written);
         Ok(Handled::Applied)
     }
 
@@ -911,13 +949,4 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic")
-}
-
-/// The properties a relay gives an event: for publishing copies outside the relay.
-pub fn event_properties(envelope: &Envelope) -> BasicProperties {
-    BasicProperties::default()
-        .with_message_id(envelope.id.to_string().into())
-        .with_type(envelope.kind.as_str().into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
 }

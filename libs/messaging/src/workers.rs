@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, OutboxRelay, Subscription, outbox::OutboxGauges};
+use crate::{Broker, OutboxRelay, Subscription};
 
 /// How long each worker may take to stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -15,44 +15,46 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// A running consumer and outbox relay on one broker connection.
 #[derive(Debug)]
 pub struct EventWorkers {
-    stop: CancellationToken,
+    stop_consumer: CancellationToken,
+    stop_relay: CancellationToken,
     consumer: JoinHandle<()>,
     relay: JoinHandle<()>,
     broker: Broker,
 }
 
 impl EventWorkers {
-    /// Starts consuming for `subscription` and relaying the outbox of `pool` (counted in
-    /// `outbox`).
+    /// Starts consuming for `subscription` (with `pool`) and `relay`. Hand the relay's
+    /// [`OutboxRelay::handoff`] to the subscription and to the process's other writers of
+    /// events before.
     pub fn start(
         pool: PgPool,
         broker: Broker,
         subscription: Subscription,
-        outbox: OutboxGauges,
+        relay: OutboxRelay,
     ) -> Self {
-        let stop = CancellationToken::new();
-        let relay = tokio::spawn(
-            OutboxRelay::new(pool.clone(), broker.clone())
-                .with_gauges(outbox)
-                .run(stop.clone()),
-        );
-        let consumer = tokio::spawn(subscription.run(pool, broker.clone(), stop.clone()));
+        let (stop_consumer, stop_relay) = (CancellationToken::new(), CancellationToken::new());
+        let relay = tokio::spawn(relay.run(stop_relay.clone()));
+        let consumer = tokio::spawn(subscription.run(pool, broker.clone(), stop_consumer.clone()));
         Self {
-            stop,
+            stop_consumer,
+            stop_relay,
             consumer,
             relay,
             broker,
         }
     }
 
-    /// The consumer finishes and acks its current message, the relay publishes what is
-    /// pending, then the broker connection closes. Each gets [`STOP_GRACE`]; one that takes
-    /// longer (a broker that stopped answering) is aborted: its unacked message returns to the
-    /// queue and its unpublished events stay in the outbox, so nothing is lost, and the process
-    /// still exits.
+    /// The consumer finishes and acks its current message, then the relay publishes what is
+    /// pending (the consumer's last events among it), then the broker connection closes. Each
+    /// gets [`STOP_GRACE`]; one that takes longer (a broker that stopped answering) is aborted:
+    /// its unacked message returns to the queue and its unpublished events stay in the outbox,
+    /// so nothing is lost, and the process still exits.
     pub async fn stop(self) {
-        self.stop.cancel();
-        for (name, task) in [("consumer", self.consumer), ("outbox relay", self.relay)] {
+        for (name, stop, task) in [
+            ("consumer", self.stop_consumer, self.consumer),
+            ("outbox relay", self.stop_relay, self.relay),
+        ] {
+            stop.cancel();
             let abort = task.abort_handle();
             if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
                 tracing::warn!(

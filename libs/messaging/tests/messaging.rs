@@ -11,7 +11,9 @@ use std::{
 
 use dockyard_messaging::{
     Broker, BrokerConfig, Compensation, Envelope, Handler, HandlerError, HandlerFuture,
-    OutboxRelay, Subscription, Topology, outbox,
+    OutboxRelay, Subscription, Topology,
+    consumer::Caused,
+    outbox,
     testing::{TestExchange, amqp_url},
     topology,
 };
@@ -35,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Records each applied event in `effects`; `stock.rejected` with `{"poison": true}` is
-/// permanently invalid.
+/// permanently invalid; one with `{"causes": n}` causes a `stock.reserved` with
+/// `{"causes": n - 1}`.
 struct RecordEffects;
 
 impl Handler for RecordEffects {
@@ -47,7 +50,7 @@ impl Handler for RecordEffects {
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         Box::pin(async move {
             if envelope.payload["poison"] == true {
                 return Err(HandlerError::Permanent("poison".to_owned()));
@@ -65,7 +68,17 @@ impl Handler for RecordEffects {
                 .bind(envelope.id)
                 .execute(transaction)
                 .await?;
-            Ok(())
+            Ok(match envelope.payload["causes"].as_u64() {
+                Some(n) if n > 0 => vec![
+                    Envelope::new(
+                        "stock.reserved",
+                        envelope.correlation_id,
+                        &serde_json::json!({"causes": n - 1}),
+                    )
+                    .caused_by(envelope),
+                ],
+                _ => Vec::new(),
+            })
         })
     }
 }
@@ -100,13 +113,14 @@ impl Fixture {
         config::from_vars([("AMQP_URL", url), ("AMQP_EXCHANGE", self.exchange.name())]).unwrap()
     }
 
-    /// Starts a broker, the relay and an `order` consumer with [`RecordEffects`].
+    /// Starts a broker, the relay and an `order` consumer with [`RecordEffects`], which hands
+    /// the events it causes to the relay.
     fn start(&self, url: &str) -> Broker {
         let broker = Broker::start(self.broker_config(url), test_topology());
-        tokio::spawn(
-            OutboxRelay::new(self.pool.clone(), broker.clone()).run(self.shutdown.clone()),
-        );
-        let subscription = Subscription::new("order", Arc::new(RecordEffects));
+        let relay = OutboxRelay::new(self.pool.clone(), broker.clone());
+        let subscription =
+            Subscription::new("order", Arc::new(RecordEffects)).with_handoff(relay.handoff());
+        tokio::spawn(relay.run(self.shutdown.clone()));
         tokio::spawn(subscription.run(self.pool.clone(), broker.clone(), self.shutdown.clone()));
         broker
     }
@@ -119,6 +133,14 @@ impl Fixture {
 
     async fn effects(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM effects")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Events waiting in the outbox.
+    async fn outbox(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.pool)
             .await
             .unwrap()
@@ -211,12 +233,74 @@ async fn an_enqueued_event_is_relayed_and_handled_once() {
         .await;
 
     fixture.wait_for_effects(1).await;
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&fixture.pool)
-            .await
-            .unwrap();
-    assert_eq!(unpublished, 0, "the relay marks what it published");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        fixture.outbox().await,
+        0,
+        "a published event leaves the outbox"
+    );
+    fixture.stop(broker).await;
+}
+
+#[tokio::test]
+async fn the_events_a_handler_causes_are_handed_to_the_relay_and_published_at_once() {
+    let fixture = Fixture::new().await;
+    let broker = fixture.start(&amqp_url());
+    fixture.connected(&broker).await;
+
+    // A chain of four: each event handled causes the next one.
+    let started = std::time::Instant::now();
+    fixture
+        .enqueue(&Envelope::new(
+            "stock.reserved",
+            Uuid::now_v7(),
+            &serde_json::json!({"causes": 3}),
+        ))
+        .await;
+    fixture.wait_for_effects(4).await;
+
+    // Through a claim, each caused event would wait for its lease to end first.
+    assert!(
+        started.elapsed() < outbox::LEASE,
+        "handed over, not claimed: the chain took {:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fixture.effects().await, 4, "each once");
+    assert_eq!(
+        fixture.outbox().await,
+        0,
+        "published events leave the outbox"
+    );
+    fixture.stop(broker).await;
+}
+
+#[tokio::test]
+async fn a_hand_off_that_never_reached_a_relay_is_claimed_when_its_lease_ends() {
+    let fixture = Fixture::new().await;
+    let broker = fixture.start(&amqp_url());
+    fixture.connected(&broker).await;
+    // A process that committed the event and died before its relay published it: the hand-off
+    // goes to a relay that never runs.
+    let lost = OutboxRelay::new(fixture.pool.clone(), broker.clone());
+    let handoff = lost.handoff();
+    let mut transaction = fixture.pool.begin().await.unwrap();
+    let event = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+    let written = handoff
+        .enqueue(&mut transaction, vec![event])
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    handoff.committed(written);
+    let committed = std::time::Instant::now();
+
+    // The running relay leaves it alone while it is leased ...
+    tokio::time::sleep(outbox::LEASE.saturating_sub(Duration::from_secs(2))).await;
+    assert_eq!(fixture.effects().await, 0, "still leased to its own relay");
+    // ... and claims it after.
+    fixture.wait_for_effects(1).await;
+    assert!(committed.elapsed() >= outbox::LEASE);
+    drop(lost);
     fixture.stop(broker).await;
 }
 
@@ -400,7 +484,7 @@ impl Handler for NeverFinishes {
         &'a self,
         _: &'a mut PgConnection,
         _: &'a Envelope,
-    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         Box::pin(std::future::pending())
     }
 }
@@ -470,7 +554,7 @@ impl Handler for FailsUntilFixed {
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         Box::pin(async move {
             if envelope.payload["flaky"] == true && !self.fixed.load(Ordering::SeqCst) {
                 return Err(HandlerError::Failed("not yet".to_owned()));
@@ -479,7 +563,7 @@ impl Handler for FailsUntilFixed {
                 .bind(envelope.id)
                 .execute(transaction)
                 .await?;
-            Ok(())
+            Ok(Vec::new())
         })
     }
 

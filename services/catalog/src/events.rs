@@ -6,14 +6,17 @@
 //! (re-published by the order service's deadline, or replayed from the dead letters) gets the
 //! same answer and reserves nothing more. Consumes `order.cancelled`: releases exactly what was
 //! reserved, once, and remembers the cancellation so a late placement reserves nothing.
-//! Everything happens in the consumer's transaction, with events written to the outbox.
+//! Everything happens in the consumer's transaction; the answers are the events the handler
+//! returns, which the consumer writes to the outbox in it and hands to the relay.
 //!
 //! When an event is given up on ([`Handler::compensate`]): a placement is answered
 //! `stock.rejected` with the reason, so the order still ends; a cancellation is recorded (with
 //! why its stock could not be released) and waits in the dead-letter queue for a replay.
 
 use dockyard_contracts::{OrderPlaced, SagaEvent};
-use dockyard_messaging::{Compensation, Envelope, Handler, HandlerError, HandlerFuture, outbox};
+use dockyard_messaging::{
+    Compensation, Envelope, Handler, HandlerError, HandlerFuture, consumer::Caused, outbox,
+};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -51,7 +54,7 @@ impl Handler for OrderEvents {
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         self.handle_batch(transaction, std::slice::from_ref(envelope))
     }
 
@@ -61,7 +64,7 @@ impl Handler for OrderEvents {
         &'a self,
         transaction: &'a mut PgConnection,
         envelopes: &'a [Envelope],
-    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         Box::pin(async move {
             let (mut placements, mut causes) = (Vec::new(), Vec::new());
             for envelope in envelopes {
@@ -88,16 +91,14 @@ impl Handler for OrderEvents {
                 }
             }
             if placements.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let answers = saga::answer_many(transaction, &placements).await?;
-            let replies: Vec<Envelope> = answers
+            Ok(answers
                 .iter()
                 .zip(causes)
                 .map(|(answer, cause)| answer.reply_to(cause))
-                .collect();
-            outbox::enqueue_many(transaction, &replies).await?;
-            Ok(())
+                .collect())
         })
     }
 

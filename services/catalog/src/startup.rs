@@ -4,7 +4,8 @@
 use std::{future::Future, sync::Arc};
 
 use dockyard_messaging::{
-    Broker, BrokerCheck, ConsumerCheck, EventWorkers, Subscription, outbox::OutboxGauges,
+    Broker, BrokerCheck, ConsumerCheck, EventWorkers, OutboxRelay, Subscription,
+    outbox::OutboxGauges,
 };
 use dockyard_runtime::{
     database::{Database, DatabaseCheck},
@@ -21,7 +22,7 @@ pub struct Application {
     database: Database,
     broker: Broker,
     subscription: Subscription,
-    outbox: OutboxGauges,
+    relay: OutboxRelay,
 }
 
 impl std::fmt::Debug for Application {
@@ -38,14 +39,17 @@ impl Application {
     pub fn build(settings: &Settings) -> anyhow::Result<Self> {
         let database = Database::new(settings.database.connect_lazy()?);
         let broker = Broker::start(settings.broker.clone(), dockyard_contracts::topology());
-        let subscription = Subscription::new(SERVICE, Arc::new(OrderEvents));
+        let outbox = OutboxGauges::default();
+        let relay =
+            OutboxRelay::new(database.pool().clone(), broker.clone()).with_gauges(outbox.clone());
+        let subscription =
+            Subscription::new(SERVICE, Arc::new(OrderEvents)).with_handoff(relay.handoff());
         let health = Health::new(SERVICE)
             .with_check(DatabaseCheck::new(database.clone()))
             .with_check(BrokerCheck(broker.clone()))
             .with_check(ConsumerCheck(subscription.status()));
         let mut metrics = Metrics::new();
         subscription.status().register(&mut metrics);
-        let outbox = OutboxGauges::default();
         outbox.register(&mut metrics);
         let store = ProductStore::new(database.clone());
         let identity = settings.identity;
@@ -57,7 +61,7 @@ impl Application {
             database,
             broker,
             subscription,
-            outbox,
+            relay,
         })
     }
 
@@ -73,7 +77,7 @@ impl Application {
             self.database.pool().clone(),
             self.broker,
             self.subscription,
-            self.outbox,
+            self.relay,
         );
         let served = self.server.run_until_stopped(shutdown).await;
         workers.stop().await;

@@ -19,7 +19,9 @@
 use std::time::Duration;
 
 use dockyard_contracts::SagaEvent;
-use dockyard_messaging::{Compensation, Envelope, Handler, HandlerError, HandlerFuture};
+use dockyard_messaging::{
+    Compensation, Envelope, Handler, HandlerError, HandlerFuture, consumer::Caused,
+};
 use dockyard_runtime::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::{PgConnection, PgPool};
@@ -81,7 +83,7 @@ impl Handler for StockEvents {
         &'a self,
         transaction: &'a mut PgConnection,
         envelope: &'a Envelope,
-    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         self.handle_batch(transaction, std::slice::from_ref(envelope))
     }
 
@@ -92,7 +94,7 @@ impl Handler for StockEvents {
         &'a self,
         transaction: &'a mut PgConnection,
         envelopes: &'a [Envelope],
-    ) -> HandlerFuture<'a, Result<(), HandlerError>> {
+    ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         Box::pin(async move {
             let (mut confirmations, mut rejections) = (Vec::new(), Vec::new());
             for envelope in envelopes {
@@ -112,7 +114,7 @@ impl Handler for StockEvents {
                     "stock events for orders no longer pending; left as they are"
                 );
             }
-            Ok(())
+            Ok(Vec::new())
         })
     }
 

@@ -4,7 +4,8 @@
 use std::{future::Future, sync::Arc};
 
 use dockyard_messaging::{
-    Broker, BrokerCheck, ConsumerCheck, EventWorkers, Subscription, outbox::OutboxGauges,
+    Broker, BrokerCheck, ConsumerCheck, EventWorkers, OutboxRelay, Subscription,
+    outbox::OutboxGauges,
 };
 use dockyard_runtime::{
     database::{Database, DatabaseCheck},
@@ -31,7 +32,7 @@ pub struct Application {
     database: Database,
     broker: Broker,
     subscription: Subscription,
-    outbox: OutboxGauges,
+    relay: OutboxRelay,
     deadline: Deadline,
     admission: Arc<Admission>,
 }
@@ -50,19 +51,26 @@ impl Application {
         let database = Database::new(settings.database.connect_lazy()?);
         let broker = Broker::start(settings.broker.clone(), dockyard_contracts::topology());
         let catalog = CatalogClient::new(&settings.catalog)?;
-        let subscription = Subscription::new(SERVICE, Arc::new(StockEvents));
+        let outbox = OutboxGauges::default();
+        let relay =
+            OutboxRelay::new(database.pool().clone(), broker.clone()).with_gauges(outbox.clone());
+        let subscription =
+            Subscription::new(SERVICE, Arc::new(StockEvents)).with_handoff(relay.handoff());
         let health = Health::new(SERVICE)
             .with_check(DatabaseCheck::new(database.clone()))
             .with_check(BrokerCheck(broker.clone()))
             .with_check(ConsumerCheck(subscription.status()));
         let mut metrics = Metrics::new();
         subscription.status().register(&mut metrics);
-        let outbox = OutboxGauges::default();
         outbox.register(&mut metrics);
         let deadline = Deadline::new(database.pool().clone(), settings.saga.clone(), &mut metrics);
         catalog.register(&mut metrics);
         let admission = Admission::new(settings.admission.clone(), &mut metrics);
-        let store = OrderStore::new(database.clone(), settings.saga.order_pending_timeout);
+        let store = OrderStore::new(
+            database.clone(),
+            relay.handoff(),
+            settings.saga.order_pending_timeout,
+        );
         let admitting = admission.clone();
         let identity = settings.identity;
         let server = server::bind(&settings.http, health, metrics, move |config| {
@@ -79,7 +87,7 @@ impl Application {
             database,
             broker,
             subscription,
-            outbox,
+            relay,
             deadline,
             admission,
         })
@@ -96,7 +104,7 @@ impl Application {
             self.database.pool().clone(),
             self.broker,
             self.subscription,
-            self.outbox,
+            self.relay,
         );
         let stop_deadline = CancellationToken::new();
         let deadline = tokio::spawn(self.deadline.run(stop_deadline.clone()));

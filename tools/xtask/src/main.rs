@@ -81,9 +81,16 @@ enum Task {
         /// Skip the saturation pass: use this many orders/s as capacity.
         #[arg(long)]
         capacity: Option<f64>,
+        /// Instead of the 80 % and 2× passes, fixed-rate passes at these orders/s (comma
+        /// separated; no saturation pass).
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
         /// Use release binaries (build them first).
         #[arg(long)]
         release: bool,
+        /// Run the services from this directory instead (to compare builds).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
     },
     /// Print a bearer token signed with the local platform's key (made on first use in
     /// `.dockyard/dev-keys/`), for `Authorization: Bearer …` through the local gateway.
@@ -184,13 +191,16 @@ async fn main() -> ExitCode {
             seconds,
             concurrency,
             capacity,
+            rates,
             release,
+            bin_dir,
         } => {
             let options = xtask::saga_bench::Options {
                 seconds: seconds.max(1),
                 concurrency: concurrency.max(1),
-                bin_dir: stack::bin_dir(release),
+                bin_dir: bin_dir.unwrap_or_else(|| stack::bin_dir(release)),
                 capacity,
+                rates,
             };
             verdict("saga-bench", xtask::saga_bench::run(options).await)
         }

@@ -48,6 +48,8 @@ pub struct Options {
     pub bin_dir: std::path::PathBuf,
     /// Skip the saturation pass and use this rate as capacity.
     pub capacity: Option<f64>,
+    /// Fixed-rate passes at these orders/s instead (no saturation, 80 % or 2× pass).
+    pub rates: Vec<f64>,
 }
 
 /// What one pass measured.
@@ -64,6 +66,8 @@ struct Pass {
     p99_ms: f64,
     max_ms: f64,
     backlog: i64,
+    /// Where the time went, hop by hop: (hop, p50 ms, p99 ms).
+    hops: Vec<(&'static str, f64, f64)>,
 }
 
 /// Runs the three passes; prints the table; `Ok(true)` when the invariants hold.
@@ -106,7 +110,14 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
     let duration = Duration::from_secs(options.seconds);
 
     let mut passes = Vec::new();
-    let capacity = if let Some(capacity) = options.capacity {
+    let fixed: Vec<(String, f64)> = options
+        .rates
+        .iter()
+        .map(|rate| (format!("{rate:.0}/s"), *rate))
+        .collect();
+    let capacity = if !fixed.is_empty() {
+        0.0
+    } else if let Some(capacity) = options.capacity {
         capacity
     } else {
         println!(
@@ -116,7 +127,7 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
         let pass = measure(
             "saturation",
             None,
-            &orders_db,
+            (&orders_db, &catalog_db),
             closed_loop(&order, &products, options.concurrency, duration),
         )
         .await?;
@@ -125,13 +136,20 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
         drain(&orders_db).await?;
         capacity
     };
-    for (name, share) in [("80 % of capacity", 0.8), ("2× capacity", 2.0)] {
-        let rate = (capacity * share).max(1.0);
+    let shares = [("80 % of capacity", 0.8), ("2× capacity", 2.0)]
+        .map(|(name, share)| (name.to_owned(), (capacity * share).max(1.0)));
+    let rates = if fixed.is_empty() {
+        shares.to_vec()
+    } else {
+        fixed
+    };
+    for (name, rate) in rates {
+        let name = name.as_str();
         println!("{name}: {rate:.0} orders/s for {} s", options.seconds);
         let pass = measure(
             name,
             Some(rate),
-            &orders_db,
+            (&orders_db, &catalog_db),
             open_loop(&order, &products, rate, duration),
         )
         .await?;
@@ -178,6 +196,15 @@ fn print_report(passes: &[Pass], checks: &[(&'static str, i64, i64)]) {
             pass.max_ms,
             pass.backlog,
         );
+    }
+    println!("\nwhere the time goes (per hop, p50 / p99 ms; times of the database transactions)");
+    for pass in passes {
+        let hops: Vec<String> = pass
+            .hops
+            .iter()
+            .map(|(hop, p50, p99)| format!("{hop} {p50:.1} / {p99:.1}"))
+            .collect();
+        println!("{:<18} {}", pass.name, hops.join(" · "));
     }
     println!(
         "\n{:<44} {:>12} {:>12}  holds",
@@ -300,7 +327,7 @@ async fn open_loop(order: &str, products: &[String], rate: f64, duration: Durati
 async fn measure(
     name: &str,
     offered: Option<f64>,
-    orders: &sqlx::PgPool,
+    (orders, catalog): (&sqlx::PgPool, &sqlx::PgPool),
     load: impl std::future::Future<Output = Answers>,
 ) -> anyhow::Result<Pass> {
     let started: time::OffsetDateTime =
@@ -325,13 +352,8 @@ async fn measure(
     .bind(started)
     .fetch_one(orders)
     .await?;
-    let at = |p: f64| {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1]
-    };
+    let at = |p: f64| percentile(&latencies, p);
+    let hops = hops(orders, catalog, started, ended).await?;
     Ok(Pass {
         name: name.to_owned(),
         offered,
@@ -344,7 +366,73 @@ async fn measure(
         p99_ms: at(0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
         backlog,
+        hops,
     })
+}
+
+/// The value at rank `p` (0–1) of `sorted`.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Placement→confirmed of the orders confirmed within the pass, split where the two databases
+/// record a time (each the server's `now()`, the start of the transaction that wrote it): the
+/// request waits for the placement writer (its idempotency key written); the committed
+/// placement goes through the relay and the broker to the catalog's batch (its `order_sagas`
+/// row); the catalog's answer goes through its relay and the broker to the order's batch,
+/// which confirms the order (`updated_at`).
+async fn hops(
+    orders: &sqlx::PgPool,
+    catalog: &sqlx::PgPool,
+    started: time::OffsetDateTime,
+    ended: time::OffsetDateTime,
+) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
+    let placed: Vec<(Uuid, f64, f64, f64)> = sqlx::query_as(
+        "SELECT o.id, extract(epoch FROM o.created_at)::float8,
+                extract(epoch FROM k.created_at)::float8, extract(epoch FROM o.updated_at)::float8
+         FROM orders o JOIN idempotency_keys k ON (k.response->>'id')::uuid = o.id
+         WHERE o.status = 'confirmed' AND o.created_at >= $1 AND o.updated_at <= $2",
+    )
+    .bind(started)
+    .bind(ended)
+    .fetch_all(orders)
+    .await?;
+    let answered: std::collections::HashMap<Uuid, f64> = sqlx::query_as::<_, (Uuid, f64)>(
+        "SELECT order_id, extract(epoch FROM created_at)::float8 FROM order_sagas
+         WHERE created_at >= $1",
+    )
+    .bind(started)
+    .fetch_all(catalog)
+    .await?
+    .into_iter()
+    .collect();
+    let names = [
+        "request → placement written",
+        "placement → catalog's batch",
+        "catalog's batch → order's batch",
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for (order, requested, written, confirmed) in placed {
+        let Some(&answered) = answered.get(&order) else {
+            continue;
+        };
+        let times = [requested, written, answered, confirmed];
+        for (hop, pair) in times.windows(2).enumerate() {
+            samples[hop].push((pair[1] - pair[0]) * 1000.0);
+        }
+    }
+    Ok(names
+        .into_iter()
+        .zip(samples)
+        .map(|(name, mut sample)| {
+            sample.sort_by(f64::total_cmp);
+            (name, percentile(&sample, 0.5), percentile(&sample, 0.99))
+        })
+        .collect())
 }
 
 /// Waits until no order is pending (up to 2 minutes).

@@ -114,10 +114,11 @@ pub struct OrderStore {
 }
 
 impl OrderStore {
-    /// Call from the main runtime: the writer of placements runs there.
-    pub fn new(database: Database, pending_timeout: Duration) -> Self {
+    /// Call from the main runtime: the writer of placements runs there, and hands the
+    /// `order.placed` events it commits to `handoff` (the process's outbox relay).
+    pub fn new(database: Database, handoff: outbox::Handoff, pending_timeout: Duration) -> Self {
         Self {
-            placer: placer::start(database.pool().clone()),
+            placer: placer::start(database.pool().clone(), handoff),
             database,
             pending_timeout,
         }
@@ -407,15 +408,14 @@ pub async fn sweep_due(
             .bind(timeout.as_secs_f64())
             .execute(&mut *transaction)
             .await?;
-            // The same event again: a catalog that handled it ignores it (no second answer to
-            // load the saga while it is merely slow); one that never got it answers now.
-            let again = match placed_id {
-                Some(event) => outbox::publish_again(&mut transaction, event).await?,
-                None => false,
-            };
-            if !again {
-                outbox::enqueue(&mut transaction, &placed_event(order_id, &lines)).await?;
+            // The same event again (its id kept): a catalog that handled it ignores it (no
+            // second answer to load the saga while it is merely slow); one that never got it
+            // answers now. Orders placed before their event's id was kept get a new one.
+            let mut placed = placed_event(order_id, &lines);
+            if let Some(id) = placed_id {
+                placed.id = id;
             }
+            outbox::publish_again(&mut transaction, &placed).await?;
             done.push((order_id, Deadline::Republished));
         } else {
             reject_and_compensate(&mut transaction, order_id, "timeout").await?;

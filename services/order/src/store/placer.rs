@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use dockyard_messaging::{Envelope, outbox};
+use dockyard_messaging::{Envelope, outbox::Handoff};
 use serde_json::Value;
 use sqlx::{PgPool, types::Json};
 use tokio::sync::{mpsc, oneshot};
@@ -36,84 +36,94 @@ pub struct Placement {
     pub answer: oneshot::Sender<Result<Placed, StoreError>>,
 }
 
-/// Starts the writer on the current runtime; placements go through the returned sender.
-pub fn start(pool: PgPool) -> mpsc::Sender<Placement> {
+/// Starts the writer on the current runtime; placements go through the returned sender, and
+/// the events of the placements it commits to `handoff`.
+pub fn start(pool: PgPool, handoff: Handoff) -> mpsc::Sender<Placement> {
     let (sender, mut receiver) = mpsc::channel::<Placement>(QUEUE);
     tokio::spawn(async move {
+        let writer = Writer { pool, handoff };
         let mut group = Vec::with_capacity(GROUP);
         while receiver.recv_many(&mut group, GROUP).await > 0 {
-            write(&pool, std::mem::take(&mut group)).await;
+            writer.write(std::mem::take(&mut group)).await;
         }
     });
     sender
 }
 
-/// Writes a group and answers every placement of it.
-async fn write(pool: &PgPool, group: Vec<Placement>) {
-    // A key twice in one group: the first is written, the others learn its answer after.
-    let mut seen = HashSet::new();
-    let (first, again): (Vec<Placement>, Vec<Placement>) = group
-        .into_iter()
-        .partition(|placement| seen.insert(placement.key.clone()));
-    match write_group(pool, &first).await {
-        Ok(claimed) => {
-            for placement in first {
-                if claimed.contains(&placement.order.id) {
-                    let order = placement.order;
-                    let _ = placement.answer.send(Ok(Placed::Created(order)));
-                } else {
-                    answer_from_key(pool, placement).await;
+/// The writer's database, and its relay.
+struct Writer {
+    pool: PgPool,
+    handoff: Handoff,
+}
+
+impl Writer {
+    /// Writes a group and answers every placement of it.
+    async fn write(&self, group: Vec<Placement>) {
+        let pool = &self.pool;
+        // A key twice in one group: the first is written, the others learn its answer after.
+        let mut seen = HashSet::new();
+        let (first, again): (Vec<Placement>, Vec<Placement>) = group
+            .into_iter()
+            .partition(|placement| seen.insert(placement.key.clone()));
+        match self.write_group(&first).await {
+            Ok(claimed) => {
+                for placement in first {
+                    if claimed.contains(&placement.order.id) {
+                        let order = placement.order;
+                        let _ = placement.answer.send(Ok(Placed::Created(order)));
+                    } else {
+                        answer_from_key(pool, placement).await;
+                    }
+                }
+            }
+            Err(error) if dockyard_runtime::database::is_transient(&error) => {
+                for placement in first {
+                    let _ = placement
+                        .answer
+                        .send(Err(StoreError::Database(clone_error(&error))));
+                }
+            }
+            Err(error) if first.len() > 1 => {
+                tracing::warn!(%error, placements = first.len(), "a group of placements failed; writing them one by one");
+                for placement in first {
+                    Box::pin(self.write(vec![placement])).await;
+                }
+            }
+            Err(error) => {
+                if let Some(placement) = first.into_iter().next() {
+                    let _ = placement.answer.send(Err(StoreError::Database(error)));
                 }
             }
         }
-        Err(error) if dockyard_runtime::database::is_transient(&error) => {
-            for placement in first {
-                let _ = placement
-                    .answer
-                    .send(Err(StoreError::Database(clone_error(&error))));
-            }
-        }
-        Err(error) if first.len() > 1 => {
-            tracing::warn!(%error, placements = first.len(), "a group of placements failed; writing them one by one");
-            for placement in first {
-                Box::pin(write(pool, vec![placement])).await;
-            }
-        }
-        Err(error) => {
-            if let Some(placement) = first.into_iter().next() {
-                let _ = placement.answer.send(Err(StoreError::Database(error)));
-            }
+        for placement in again {
+            answer_from_key(pool, placement).await;
         }
     }
-    for placement in again {
-        answer_from_key(pool, placement).await;
-    }
-}
 
-/// The three statements of a group; returns the ids of the orders written (their keys were
-/// free).
-async fn write_group(pool: &PgPool, group: &[Placement]) -> sqlx::Result<HashSet<Uuid>> {
-    let keys: Vec<&str> = group.iter().map(|p| p.key.as_str()).collect();
-    let requests: Vec<Json<&Value>> = group.iter().map(|p| Json(&p.request)).collect();
-    let responses: Vec<Json<&Order>> = group.iter().map(|p| Json(&p.order)).collect();
-    let ids: Vec<Uuid> = group.iter().map(|p| p.order.id).collect();
-    let customers: Vec<Uuid> = group.iter().map(|p| p.order.customer_id).collect();
-    let lines: Vec<Json<&Vec<crate::domain::Line>>> =
-        group.iter().map(|p| Json(&p.order.lines)).collect();
-    let totals: Vec<Option<i64>> = group
-        .iter()
-        .map(|p| p.order.total.as_ref().map(|t| t.amount_minor))
-        .collect();
-    let currencies: Vec<Option<&str>> = group
-        .iter()
-        .map(|p| p.order.total.as_ref().map(|t| t.currency.as_str()))
-        .collect();
-    let created: Vec<time::OffsetDateTime> = group.iter().map(|p| p.order.created_at).collect();
-    let timeouts: Vec<f64> = group.iter().map(|p| p.timeout_secs).collect();
-    let events: Vec<Uuid> = group.iter().map(|p| p.event.id).collect();
-    let mut transaction = pool.begin().await?;
-    let written: Vec<Uuid> = sqlx::query_scalar(
-        "WITH claimed AS (
+    /// The three statements of a group; returns the ids of the orders written (their keys were
+    /// free).
+    async fn write_group(&self, group: &[Placement]) -> sqlx::Result<HashSet<Uuid>> {
+        let keys: Vec<&str> = group.iter().map(|p| p.key.as_str()).collect();
+        let requests: Vec<Json<&Value>> = group.iter().map(|p| Json(&p.request)).collect();
+        let responses: Vec<Json<&Order>> = group.iter().map(|p| Json(&p.order)).collect();
+        let ids: Vec<Uuid> = group.iter().map(|p| p.order.id).collect();
+        let customers: Vec<Uuid> = group.iter().map(|p| p.order.customer_id).collect();
+        let lines: Vec<Json<&Vec<crate::domain::Line>>> =
+            group.iter().map(|p| Json(&p.order.lines)).collect();
+        let totals: Vec<Option<i64>> = group
+            .iter()
+            .map(|p| p.order.total.as_ref().map(|t| t.amount_minor))
+            .collect();
+        let currencies: Vec<Option<&str>> = group
+            .iter()
+            .map(|p| p.order.total.as_ref().map(|t| t.currency.as_str()))
+            .collect();
+        let created: Vec<time::OffsetDateTime> = group.iter().map(|p| p.order.created_at).collect();
+        let timeouts: Vec<f64> = group.iter().map(|p| p.timeout_secs).collect();
+        let events: Vec<Uuid> = group.iter().map(|p| p.event.id).collect();
+        let mut transaction = self.pool.begin().await?;
+        let written: Vec<Uuid> = sqlx::query_scalar(
+            "WITH claimed AS (
              INSERT INTO idempotency_keys (key, request, status, response)
              SELECT k.key, k.request, 202, k.response
              FROM unnest($1::text[], $2::jsonb[], $3::jsonb[]) AS k(key, request, response)
@@ -127,29 +137,31 @@ async fn write_group(pool: &PgPool, group: &[Placement]) -> sqlx::Result<HashSet
               AS o(key, id, customer_id, lines, total, currency, created, timeout, event)
          JOIN claimed ON claimed.key = o.key
          RETURNING id",
-    )
-    .bind(&keys)
-    .bind(&requests)
-    .bind(&responses)
-    .bind(&ids)
-    .bind(&customers)
-    .bind(&lines)
-    .bind(&totals)
-    .bind(&currencies)
-    .bind(&created)
-    .bind(&timeouts)
-    .bind(&events)
-    .fetch_all(&mut *transaction)
-    .await?;
-    let written: HashSet<Uuid> = written.into_iter().collect();
-    let placed: Vec<Envelope> = group
-        .iter()
-        .filter(|p| written.contains(&p.order.id))
-        .map(|p| p.event.clone())
-        .collect();
-    outbox::enqueue_many(&mut transaction, &placed).await?;
-    transaction.commit().await?;
-    Ok(written)
+        )
+        .bind(&keys)
+        .bind(&requests)
+        .bind(&responses)
+        .bind(&ids)
+        .bind(&customers)
+        .bind(&lines)
+        .bind(&totals)
+        .bind(&currencies)
+        .bind(&created)
+        .bind(&timeouts)
+        .bind(&events)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let written: HashSet<Uuid> = written.into_iter().collect();
+        let placed: Vec<Envelope> = group
+            .iter()
+            .filter(|p| written.contains(&p.order.id))
+            .map(|p| p.event.clone())
+            .collect();
+        let placed = self.handoff.enqueue(&mut transaction, placed).await?;
+        transaction.commit().await?;
+        self.handoff.committed(placed);
+        Ok(written)
+    }
 }
 
 /// A placement whose key was taken: the key's earlier answer, or "reused".
