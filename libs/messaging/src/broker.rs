@@ -119,7 +119,7 @@ async fn connect(config: &BrokerConfig, topology: &Topology) -> lapin::Result<Co
         &connection,
         topology,
         &config.amqp_exchange,
-        config.amqp_delivery_limit,
+        topology::Queues::of(config),
     )
     .await?;
     Ok(connection)

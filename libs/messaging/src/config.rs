@@ -3,8 +3,8 @@
 use dockyard_runtime::secret::SecretUrl;
 use serde::Deserialize;
 
-/// From `AMQP_URL`, `AMQP_EXCHANGE`, `AMQP_PREFETCH`, `AMQP_FAILURE_LIMIT`,
-/// `AMQP_DELIVERY_LIMIT`.
+/// From `AMQP_URL`, `AMQP_EXCHANGE`, `AMQP_QUEUE_TYPE`, `AMQP_PREFETCH`,
+/// `AMQP_FAILURE_LIMIT`, `AMQP_DELIVERY_LIMIT`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BrokerConfig {
     /// `amqp://user:password@host:5672/vhost`; the password is redacted when shown.
@@ -12,6 +12,9 @@ pub struct BrokerConfig {
     /// The topic exchange all events go through. Tests give each run its own.
     #[serde(default = "default_exchange")]
     pub amqp_exchange: String,
+    /// How the consumers' queues keep their messages (see [`QueueType`]).
+    #[serde(default)]
+    pub amqp_queue_type: QueueType,
     /// Unacknowledged deliveries a consumer holds at once: bounds memory and in-flight work.
     /// A consumer starts each connection holding one and widens to this after its first
     /// handled event, so a process that dies at start-up holds (and returns) only one.
@@ -25,8 +28,38 @@ pub struct BrokerConfig {
     /// The broker's own limit (the quorum queue's `x-delivery-limit`): every return of a
     /// message counts, consumer deaths included. A backstop for an event that kills the process
     /// handling it; well above `AMQP_FAILURE_LIMIT` so that crash loops do not reach it.
+    /// Classic queues have no such limit.
     #[serde(default = "default_delivery_limit")]
     pub amqp_delivery_limit: u32,
+}
+
+/// `AMQP_QUEUE_TYPE`: the kind of queue each consumer's (and dead-letter) queue is declared as.
+/// An existing queue keeps the kind it was declared with (RabbitMQ cannot change it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Raft-replicated (across a cluster's nodes), every message written to the queue's log
+    /// before it is confirmed or delivered, and `x-delivery-limit` as the backstop for an event
+    /// that kills its consumer. The default: what RabbitMQ recommends for data that must not be
+    /// lost.
+    #[default]
+    Quorum,
+    /// Durable classic queues: persistent messages are confirmed once written to the node's
+    /// message store (or consumed and acknowledged), delivered without waiting for the disk,
+    /// and not replicated. No broker-side delivery limit: an event that kills its consumer
+    /// before the consumer can count a failure (not a panic: those are caught and counted) is
+    /// delivered again for as long as that happens. Less work per message for the broker and
+    /// the disk (BENCHMARKS.md measures both kinds).
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
 }
 
 fn default_exchange() -> String {

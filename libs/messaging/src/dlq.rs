@@ -69,7 +69,7 @@ pub async fn run(
         &connection,
         topology,
         &config.amqp_exchange,
-        config.amqp_delivery_limit,
+        topology::Queues::of(config),
     )
     .await?;
     let channel = connection.create_channel().await?;

@@ -14,6 +14,7 @@ use lapin::{
 };
 
 use crate::{
+    config::QueueType,
     envelope::Envelope,
     topology::{self, Topology},
 };
@@ -28,15 +29,27 @@ pub fn amqp_url() -> String {
 pub struct TestExchange {
     name: String,
     topology: Topology,
+    queues: topology::Queues,
 }
 
 impl TestExchange {
-    /// An exchange for `topology`'s queues.
+    /// An exchange for `topology`'s queues (quorum queues, as services declare them by default).
     pub fn new(topology: Topology) -> Self {
         Self {
             name: format!("test.{}", uuid::Uuid::new_v4().simple()),
             topology,
+            queues: topology::Queues {
+                kind: QueueType::Quorum,
+                delivery_limit: 20,
+            },
         }
+    }
+
+    /// Its queues are of `kind` (declare the services' with the same `AMQP_QUEUE_TYPE`).
+    #[must_use]
+    pub fn with_queue_type(mut self, kind: QueueType) -> Self {
+        self.queues.kind = kind;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -107,7 +120,7 @@ impl TestExchange {
     pub async fn probe(&self, pattern: &str) -> EventProbe {
         let connection = connect().await;
         // The exchange may not exist yet if no service has connected: declare it the same way.
-        topology::declare(&connection, &self.topology, &self.name, 20)
+        topology::declare(&connection, &self.topology, &self.name, self.queues)
             .await
             .expect("declaring the topology");
         let channel = connection.create_channel().await.expect("a channel");

@@ -1,13 +1,14 @@
 //! The RabbitMQ topology, declared idempotently by every service at each (re)connection.
 //!
-//! One durable topic exchange carries every event. Each consumer owns a durable quorum queue
-//! bound to the routing keys it handles, with a delivery limit and a dead-letter exchange and
-//! queue for poison messages. The whole topology is declared by every service, not only by the
+//! One durable topic exchange carries every event. Each consumer owns a durable queue (quorum,
+//! with a delivery limit, unless `AMQP_QUEUE_TYPE` says classic) bound to the routing keys it
+//! handles, with a dead-letter exchange and queue for poison messages. The whole topology is declared by every service, not only by the
 //! consumer, so an event published before its consumer first started is queued, not dropped.
 //!
 //! Which queues exist and what they are bound to is data ([`Topology`]) given by the
 //! application (Dockyard's is `dockyard_contracts::topology()`): this crate names no service.
 
+use crate::config::QueueType;
 use lapin::{
     Channel, Connection, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
@@ -69,17 +70,34 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
 }
 
+/// How the queues are declared: their kind, and (quorum queues) the delivery limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queues {
+    pub kind: QueueType,
+    pub delivery_limit: u32,
+}
+
+impl Queues {
+    /// What `config` asks for.
+    pub fn of(config: &crate::BrokerConfig) -> Self {
+        Self {
+            kind: config.amqp_queue_type,
+            delivery_limit: config.amqp_delivery_limit,
+        }
+    }
+}
+
 /// Declares the exchange, the dead-letter exchange, and every queue with its dead-letter queue.
 ///
-/// A queue that already exists with another `x-delivery-limit` (declared by an older release)
-/// is kept as it is, with a warning: RabbitMQ cannot change a queue's arguments, and refusing
-/// to start would turn an upgrade into an outage. Delete the queue (when empty) to apply the
-/// new limit.
+/// A queue that already exists with other arguments (another `x-delivery-limit`, or another
+/// kind, declared by an older release or another configuration) is kept as it is, with a
+/// warning: RabbitMQ cannot change a queue's arguments, and refusing to start would turn an
+/// upgrade into an outage. Delete the queue (when empty) to apply the new arguments.
 pub async fn declare(
     connection: &Connection,
     topology: &Topology,
     exchange: &str,
-    delivery_limit: u32,
+    queues: Queues,
 ) -> lapin::Result<()> {
     let mut channel = connection.create_channel().await?;
     let dlx = dead_letter_exchange(exchange);
@@ -102,10 +120,10 @@ pub async fn declare(
     for spec in &topology.queues {
         let queue = queue_name(exchange, spec.consumer);
         let dlq = dead_letter_queue(exchange, spec.consumer);
-        let mut quorum = FieldTable::default();
-        quorum.insert("x-queue-type".into(), text("quorum"));
+        let mut kind = FieldTable::default();
+        kind.insert("x-queue-type".into(), text(queues.kind.as_str()));
         channel
-            .queue_declare(dlq.as_str().into(), durable_queue(), quorum.clone())
+            .queue_declare(dlq.as_str().into(), durable_queue(), kind.clone())
             .await?;
         channel
             .queue_bind(
@@ -116,20 +134,22 @@ pub async fn declare(
                 FieldTable::default(),
             )
             .await?;
-        let mut arguments = quorum;
+        let mut arguments = kind;
         arguments.insert("x-dead-letter-exchange".into(), text(&dlx));
         arguments.insert("x-dead-letter-routing-key".into(), text(&queue));
-        arguments.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongInt(i32::try_from(delivery_limit).unwrap_or(i32::MAX)),
-        );
+        if queues.kind == QueueType::Quorum {
+            arguments.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(i32::try_from(queues.delivery_limit).unwrap_or(i32::MAX)),
+            );
+        }
         if let Err(error) = channel
             .queue_declare(queue.as_str().into(), durable_queue(), arguments)
             .await
         {
             // The broker closed the channel (406 PRECONDITION_FAILED): the queue exists with
             // other arguments. Keep it if it exists at all.
-            tracing::warn!(queue, %error, "the queue exists with other arguments; keeping them (delete it when empty to apply AMQP_DELIVERY_LIMIT)");
+            tracing::warn!(queue, %error, "the queue exists with other arguments; keeping them (delete it when empty to apply AMQP_QUEUE_TYPE and AMQP_DELIVERY_LIMIT)");
             channel = connection.create_channel().await?;
             let passive = QueueDeclareOptions {
                 passive: true,

@@ -12,6 +12,7 @@ use std::{
 use dockyard_messaging::{
     Broker, BrokerConfig, Compensation, Envelope, Handler, HandlerError, HandlerFuture,
     OutboxRelay, Subscription, Topology,
+    config::QueueType,
     consumer::Caused,
     outbox,
     testing::{TestExchange, amqp_url},
@@ -30,7 +31,7 @@ use dockyard_testkit::{TcpProxy, TestDatabase};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicPublishOptions, QueueDeclareOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -116,7 +117,12 @@ impl Fixture {
     /// Starts a broker, the relay and an `order` consumer with [`RecordEffects`], which hands
     /// the events it causes to the relay.
     fn start(&self, url: &str) -> Broker {
-        let broker = Broker::start(self.broker_config(url), test_topology());
+        self.start_with(self.broker_config(url))
+    }
+
+    /// [`Fixture::start`] with `config`.
+    fn start_with(&self, config: BrokerConfig) -> Broker {
+        let broker = Broker::start(config, test_topology());
         let relay = OutboxRelay::new(self.pool.clone(), broker.clone());
         let subscription =
             Subscription::new("order", Arc::new(RecordEffects)).with_handoff(relay.handoff());
@@ -302,6 +308,75 @@ async fn a_hand_off_that_never_reached_a_relay_is_claimed_when_its_lease_ends() 
     assert!(committed.elapsed() >= outbox::LEASE);
     drop(lost);
     fixture.stop(broker).await;
+}
+
+#[tokio::test]
+async fn with_classic_queues_events_flow_the_same_way() {
+    let mut fixture = Fixture::new().await;
+    fixture.exchange = TestExchange::new(test_topology()).with_queue_type(QueueType::Classic);
+    let config: BrokerConfig = config::from_vars([
+        ("AMQP_URL", amqp_url().as_str()),
+        ("AMQP_EXCHANGE", fixture.exchange.name()),
+        ("AMQP_QUEUE_TYPE", "classic"),
+    ])
+    .unwrap();
+    assert_eq!(config.amqp_queue_type, QueueType::Classic);
+    let broker = fixture.start_with(config);
+    fixture.connected(&broker).await;
+
+    // The queue is a classic one: declaring it again as such is accepted, as quorum refused.
+    let queue = topology::queue_name(fixture.exchange.name(), "order");
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    for (kind, accepted) in [("classic", true), ("quorum", false)] {
+        let channel = connection.create_channel().await.unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(topology::dead_letter_exchange(fixture.exchange.name()).into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.as_str().into()),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.as_str().into(), durable, arguments)
+            .await;
+        assert_eq!(
+            declared.is_ok(),
+            accepted,
+            "declared again as {kind}: {declared:?}"
+        );
+    }
+    let _ = connection.close(200, "done".into()).await;
+
+    fixture
+        .enqueue(&Envelope::new(
+            "stock.reserved",
+            Uuid::now_v7(),
+            &serde_json::json!({"causes": 1}),
+        ))
+        .await;
+    fixture.wait_for_effects(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fixture.effects().await, 2, "each once");
+    fixture.stop(broker).await;
+}
+
+#[test]
+fn an_unknown_queue_type_is_refused_naming_the_variable() {
+    let error = config::from_vars::<BrokerConfig, _, _>([
+        ("AMQP_URL", "amqp://localhost"),
+        ("AMQP_QUEUE_TYPE", "mirrored"),
+    ])
+    .unwrap_err();
+    assert!(error.to_string().contains("AMQP_QUEUE_TYPE"), "{error}");
 }
 
 #[tokio::test]

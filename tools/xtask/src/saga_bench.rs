@@ -88,6 +88,12 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
     stack_options.auth = false;
     let platform = stack::Stack::start(stack_options).await?;
     let order = platform.url_of("order-1").context("no order instance")?;
+    // The services read it from the environment they inherit (quorum unless it says classic).
+    println!(
+        "queues: {} (AMQP_QUEUE_TYPE), admission backlog: {} (ORDER_ADMISSION_BACKLOG)",
+        std::env::var("AMQP_QUEUE_TYPE").unwrap_or_else(|_| "quorum".to_owned()),
+        std::env::var("ORDER_ADMISSION_BACKLOG").unwrap_or_else(|_| "200".to_owned()),
+    );
     let products = products::create(
         &format!("{}/api/catalog/products", platform.gateway_url),
         "Bench",
