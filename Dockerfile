@@ -2,7 +2,7 @@
 # One image per service, from one multi-stage build (factor 5: build → release → run):
 #   docker build --target catalog --build-arg RELEASE_ID=$(git rev-parse --short HEAD) -t dockyard/catalog .
 # Stages: chef (the toolchain + cargo-chef) → planner (dependency recipe) → builder (dependencies
-# cooked once and cached while only our code changes, then the three binaries) → one small
+# cooked once and cached while only our code changes, then the four binaries) → one small
 # runtime stage per service: distroless, non-root, no shell, no curl; the binary's own
 # `healthcheck` command is the container health check.
 
@@ -22,11 +22,11 @@ COPY --from=planner /src/recipe.json recipe.json
 # Only the dependencies: this layer is reused until Cargo.lock or a manifest changes. The same
 # packages as the build below; every member depends on libs/workspace-hack (cargo hakari), so
 # the features are the whole workspace's, the same as `cargo build --workspace` and the tests.
-RUN cargo chef cook --release --locked -p catalog -p order -p gateway --recipe-path recipe.json
+RUN cargo chef cook --release --locked -p catalog -p order -p gateway -p console --recipe-path recipe.json
 COPY . .
 ARG RELEASE_ID=dev
 ENV RELEASE_ID=${RELEASE_ID}
-RUN cargo build --release --locked -p catalog -p order -p gateway
+RUN cargo build --release --locked -p catalog -p order -p gateway -p console
 
 # The runtime base: glibc and CA certificates only; runs as uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
@@ -54,4 +54,10 @@ FROM runtime AS gateway
 COPY --from=builder /src/target/release/gateway /app/gateway
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/app/gateway", "healthcheck"]
 ENTRYPOINT ["/app/gateway"]
+CMD ["serve"]
+
+FROM runtime AS console
+COPY --from=builder /src/target/release/console /app/console
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/app/console", "healthcheck"]
+ENTRYPOINT ["/app/console"]
 CMD ["serve"]

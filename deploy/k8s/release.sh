@@ -4,7 +4,8 @@
 #   e.g. bash deploy/k8s/release.sh canary catalog-canary ghcr.io/dockyard/catalog:<sha>
 # The pipeline (.github/workflows/service-pipeline.yml) runs it for staging and production.
 #  1. Every other Deployment keeps the image it runs now: the overlays' tags are placeholders,
-#     and releasing the catalog must not move the order service or the gateway anywhere.
+#     and releasing the catalog must not move the order service, the gateway or the console
+#     anywhere.
 #  2. The release's Jobs (migrations, seed) are recreated, since a Job's pod template is
 #     immutable, and awaited: the schema is migrated before a pod of the new release starts.
 #  3. Then the Deployments roll, and the command waits for the released one.

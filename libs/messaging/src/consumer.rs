@@ -36,6 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dockyard_runtime::trace;
 use futures_util::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
 use lapin::{
     Channel, Confirmation,
@@ -49,6 +50,7 @@ use lapin::{
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -435,16 +437,31 @@ impl Consumer<'_> {
         if together.is_empty() {
             return Ok(handled);
         }
-        let envelopes: Vec<Envelope> = together
-            .iter()
-            .filter_map(|incoming| incoming.envelope.as_ref().ok().cloned())
-            .collect();
+        // One consumer span per event, each in its own trace, for the time of the batch; the
+        // handler gets each event with its span as `traceparent`, so what it causes continues
+        // that event's trace.
+        let (mut envelopes, mut spans) = (Vec::new(), Vec::new());
+        for incoming in &together {
+            if let Ok(envelope) = &incoming.envelope {
+                let span = self.consume_span(envelope);
+                let mut envelope = envelope.clone();
+                envelope.traceparent = trace::traceparent(&span);
+                envelopes.push(envelope);
+                spans.push(span);
+            }
+        }
         let status = &self.subscription.status;
         let now = Instant::now();
         for envelope in &envelopes {
             status.started(envelope.id, now);
         }
+        // The batch's transaction, in each event's trace.
+        let transactions: Vec<tracing::Span> = spans
+            .iter()
+            .map(|span| span.in_scope(transaction_span))
+            .collect();
         let outcome = self.attempt_batch(&envelopes).await;
+        drop(transactions);
         for envelope in &envelopes {
             status.ended(envelope.id);
         }
@@ -478,6 +495,10 @@ impl Consumer<'_> {
             }
             BatchAttempt::Shutdown => return Err(Stop::Shutdown),
             BatchAttempt::Failed(error) => {
+                for span in &spans {
+                    span.record("otel.status_code", "error");
+                }
+                drop(spans);
                 // Find the culprit: each event on its own, with its own failure count.
                 tracing::info!(
                     consumer = self.name(),
@@ -581,10 +602,40 @@ impl Consumer<'_> {
         let _ = channel.close(200, "counted".into()).await;
     }
 
-    /// Handles one delivery to its end: acked, re-queued or dead-lettered.
+    /// [`Consumer::handle_one`] in the event's consumer span.
     async fn process(&self, incoming: Incoming) -> Result<Handled, Stop> {
+        let span = match &incoming.envelope {
+            Ok(envelope) => self.consume_span(envelope),
+            Err(_) => tracing::Span::none(),
+        };
+        self.handle_one(incoming).instrument(span).await
+    }
+
+    /// The span of handling `envelope`: a consumer span continuing the trace the event was
+    /// published in (`traceparent`).
+    fn consume_span(&self, envelope: &Envelope) -> tracing::Span {
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = %format_args!("{} process", envelope.kind),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.queue,
+            messaging.message.id = %envelope.id,
+            messaging.message.conversation_id = %envelope.correlation_id,
+        );
+        trace::continue_from(
+            &span,
+            trace::parent_from_traceparent(envelope.traceparent.as_deref()),
+        );
+        span
+    }
+
+    /// Handles one delivery to its end: acked, re-queued or dead-lettered.
+    async fn handle_one(&self, incoming: Incoming) -> Result<Handled, Stop> {
         let Incoming { delivery, envelope } = incoming;
-        let envelope = match envelope {
+        let mut envelope = match envelope {
             Ok(envelope) => envelope,
             Err(error) => {
                 let reason = format!("malformed message: {error}");
@@ -601,6 +652,8 @@ impl Consumer<'_> {
             return self.give_up(&delivery, &envelope, &reason, 0).await;
         }
         let failures = failures_of(&delivery);
+        // What the handler causes continues the trace under this consumer's span.
+        envelope.traceparent = trace::traceparent(&tracing::Span::current());
         let status = &self.subscription.status;
         status.started(envelope.id, Instant::now());
         let outcome = self.attempt(&envelope).await;
@@ -640,7 +693,9 @@ impl Consumer<'_> {
         let mut pause = DATABASE_RETRY_MIN;
         let mut transient = 0;
         loop {
-            let result = AssertUnwindSafe(self.apply(envelope)).catch_unwind().await;
+            let result = AssertUnwindSafe(self.apply(envelope).instrument(transaction_span()))
+                .catch_unwind()
+                .await;
             let error = match result {
                 Ok(Ok(handled)) => return Attempt::Applied(handled),
                 Ok(Err(HandlerError::Permanent(reason))) => return Attempt::Refused(reason),
@@ -808,6 +863,17 @@ impl Consumer<'_> {
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
+}
+
+/// The client span of an event's transaction (its inbox row, the handler's statements, the
+/// events it causes), in the current span's trace.
+fn transaction_span() -> tracing::Span {
+    tracing::info_span!(
+        "query",
+        otel.name = "transaction",
+        otel.kind = "client",
+        db.system.name = "postgresql",
+    )
 }
 
 /// A delivery and its envelope, parsed once.

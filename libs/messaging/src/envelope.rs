@@ -20,13 +20,15 @@ pub struct Envelope {
     pub correlation_id: Uuid,
     /// The event that caused this one, if any.
     pub causation_id: Option<Uuid>,
-    /// W3C trace context of the request that started it all.
+    /// W3C trace context of the span it was created in (the request that placed an order, the
+    /// consumer's span of the event that caused it): its consumer continues that trace.
     pub traceparent: Option<String>,
     pub payload: serde_json::Value,
 }
 
 impl Envelope {
-    /// A new event of `kind` (version 1) about `correlation_id`.
+    /// A new event of `kind` (version 1) about `correlation_id`, in the trace of the current
+    /// span.
     pub fn new(kind: &str, correlation_id: Uuid, payload: &impl Serialize) -> Self {
         Self {
             id: Uuid::now_v7(),
@@ -35,12 +37,14 @@ impl Envelope {
             occurred_at: OffsetDateTime::now_utc(),
             correlation_id,
             causation_id: None,
-            traceparent: None,
+            traceparent: dockyard_runtime::trace::traceparent(&tracing::Span::current()),
             payload: serde_json::to_value(payload).expect("event payloads serialise"),
         }
     }
 
-    /// Marks this event as caused by `cause`, inheriting its correlation and trace.
+    /// Marks this event as caused by `cause`, inheriting its correlation and trace (a consumer
+    /// hands its handler events whose `traceparent` is the consumer's own span of them, so an
+    /// event caused by one continues the trace under that span).
     #[must_use]
     pub fn caused_by(mut self, cause: &Envelope) -> Self {
         self.causation_id = Some(cause.id);

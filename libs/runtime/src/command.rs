@@ -157,14 +157,32 @@ where
             Err(error) => exit::config_error(service, &error),
         };
     }
-    let (settings, logging) = match load(command)
-        .and_then(|s| Ok((s, config::from_env::<telemetry::TelemetryConfig>()?)))
-    {
+    let loaded = load(command).and_then(|settings| {
+        let logging = config::from_env::<telemetry::TelemetryConfig>()?;
+        let tracing = config::from_env::<crate::trace::TracingConfig>()?;
+        tracing.exporting()?;
+        Ok((settings, logging, tracing))
+    });
+    let (settings, logging, tracing) = match loaded {
         Ok(loaded) => loaded,
         Err(error) => return exit::config_error(service, &error),
     };
-    telemetry::init(logging.log_format);
-    exit::from_result(service, run(command, settings).await)
+    // Only a serving process exports its spans; one-off commands keep trace context only.
+    let tracing = if command == Command::Serve {
+        telemetry::init_service(logging.log_format, &tracing, service)
+    } else {
+        telemetry::init_service(
+            logging.log_format,
+            &crate::trace::TracingConfig::default(),
+            service,
+        )
+    };
+    if tracing.exporting() {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+    let code = exit::from_result(service, run(command, settings).await);
+    tracing.shutdown();
+    code
 }
 
 #[cfg(test)]

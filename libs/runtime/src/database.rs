@@ -3,6 +3,8 @@
 
 use std::{future::Future, pin::Pin, str::FromStr, time::Duration};
 
+use tracing::Instrument;
+
 use serde::Deserialize;
 use sqlx::{
     Connection, PgConnection, PgPool,
@@ -90,20 +92,42 @@ impl Database {
         }
     }
 
-    /// Runs `work` with the pool on the main runtime and waits for it. The work completes
-    /// even if the caller stops waiting (a client hung up), so a transaction is never cut off
-    /// midway by a cancelled request.
-    pub async fn run<T, F, Fut>(&self, work: F) -> Result<T, sqlx::Error>
+    /// Runs `work` with the pool on the main runtime and waits for it, in a client span named
+    /// `operation` (the statement's kind and table, e.g. `SELECT products`: the span's name in
+    /// a trace) under the caller's span. The work completes even if the caller stops waiting
+    /// (a client hung up), so a transaction is never cut off midway by a cancelled request.
+    pub async fn run<T, F, Fut>(&self, operation: &'static str, work: F) -> Result<T, sqlx::Error>
     where
         F: FnOnce(PgPool) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'static,
         T: Send + 'static,
     {
-        match self.runtime.spawn(work(self.pool.clone())).await {
+        let span = tracing::info_span!(
+            "query",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system.name = "postgresql",
+        );
+        self.spawn(work(self.pool.clone()).instrument(span)).await
+    }
+
+    async fn spawn<T, Fut>(&self, work: Fut) -> Result<T, sqlx::Error>
+    where
+        Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.runtime.spawn(work).await {
             Ok(result) => result,
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
             Err(_) => Err(sqlx::Error::PoolClosed), // the main runtime is shutting down
         }
+    }
+
+    /// `SELECT 1` on the main runtime, without a span (readiness checks run every few seconds).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        let pool = self.pool.clone();
+        self.spawn(async move { sqlx::query("SELECT 1").execute(&pool).await.map(drop) })
+            .await
     }
 
     /// The pool itself, for work that already runs on the main runtime (background tasks).
@@ -206,13 +230,6 @@ impl ReadinessCheck for DatabaseCheck {
     }
 
     fn check(&self) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>> {
-        Box::pin(async move {
-            self.database
-                .run(|pool| async move { sqlx::query("SELECT 1").execute(&pool).await })
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-                .into()
-        })
+        Box::pin(async move { self.database.ping().await.map_err(|e| e.to_string()).into() })
     }
 }

@@ -10,7 +10,9 @@
 //! - [`secret`]: [`secret::SecretUrl`], a backing-service URI whose password never reaches logs.
 //! - [`database`]: the PostgreSQL pool (lazy, so start order never matters) and its readiness check.
 //! - [`telemetry`]: JSON log lines on stdout (or `pretty` for humans), filtered by `RUST_LOG`.
-//! - [`observe`]: per-request middleware: `X-Request-Id`, one log event and RED metrics per request.
+//! - [`observe`]: per-request middleware: `X-Request-Id`, the request's span (continuing the
+//!   caller's trace), one log event and RED metrics per request.
+//! - [`trace`]: distributed tracing: OpenTelemetry spans, W3C trace context in and out, OTLP export.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`health`]: `/health/live` and `/health/ready`, and the draining flag shutdown flips.
 //! - [`identity`]: the caller the gateway vouches for (`X-Identity-*` headers, `REQUIRE_IDENTITY`).
@@ -40,6 +42,7 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 /// Identifies this build: `RELEASE_ID` from the environment at run time, else the one baked in
 /// at build time (the Dockerfile passes the git sha), else `dev`.

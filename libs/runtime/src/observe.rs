@@ -1,8 +1,11 @@
-//! Per-request middleware: the request id, one log event, and RED metrics.
+//! Per-request middleware: the request id, the request's span, one log event, and RED metrics.
 //!
 //! `X-Request-Id` is taken from the request when it is sane (printable ASCII, at most 128
 //! bytes), otherwise generated; it is echoed on the response and attached to every log event
-//! of the request through a tracing span.
+//! of the request through a tracing span. That span is the request's server span
+//! ([`crate::trace`]): it continues the caller's trace (`traceparent`), or starts one. Health
+//! probes and metrics scrapes get a span named [`PROBE_SPAN`] instead, which is never exported
+//! (a platform probes every instance every few seconds).
 
 use std::time::Instant;
 
@@ -19,6 +22,24 @@ use tracing::Instrument;
 use crate::metrics::{HttpLabels, Metrics};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The name of a probe's or scrape's span: kept out of the exported traces.
+pub const PROBE_SPAN: &str = "probe";
+
+/// More paths a service treats like its probes and scrapes (logged at `debug` when they
+/// succeed, never traced): paths polled every second or so, such as a dashboard's API. Give
+/// it as app data; a path matches an entry equal to it or, for an entry ending in `/`,
+/// starting with it.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutinePaths(pub &'static [&'static str]);
+
+impl RoutinePaths {
+    fn contains(self, path: &str) -> bool {
+        self.0.iter().any(|routine| {
+            path == *routine || (routine.ends_with('/') && path.starts_with(routine))
+        })
+    }
+}
 
 /// The id of the request being served; handlers can extract it from request extensions.
 #[derive(Debug, Clone)]
@@ -48,13 +69,30 @@ pub async fn request(
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
     let method_label = crate::metrics::method_label(&method);
-    let routine = crate::telemetry::is_routine(request.path());
+    let routine = crate::telemetry::is_routine(request.path())
+        || request
+            .app_data::<web::Data<RoutinePaths>>()
+            .is_some_and(|paths| paths.contains(request.path()));
     let metrics = request.app_data::<web::Data<Metrics>>().cloned();
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let span = if routine {
+        tracing::info_span!("probe", request_id = %request_id, method = %method, route = %route)
+    } else {
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %method,
+            route = %route,
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::trace::continue_from(&span, crate::trace::parent_from_actix(request.headers()));
+        span
+    };
 
     let outcome = next.call(request).instrument(span.clone()).await;
 
@@ -64,6 +102,10 @@ pub async fn request(
     };
     let latency = started.elapsed();
     let latency_ms = latency.as_secs_f64() * 1000.0;
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     span.in_scope(|| {
         let failure = match &outcome {
             Ok(response) => response.response().error().map(ToString::to_string),

@@ -39,6 +39,10 @@ pub async fn forward(
     let Some((route, rest)) = gateway.routes.find(&path) else {
         return Err(no_route());
     };
+    dockyard_runtime::trace::rename(
+        &tracing::Span::current(),
+        format!("{} {}", parts.method, route.prefix),
+    );
     if gateway.internal_paths.contains(rest) {
         return Err(no_route());
     }
@@ -120,6 +124,9 @@ fn outgoing_headers(
         parts.headers.get("host"),
         Some(request_id),
     );
+    // The upstream continues this request's span (the client's trace context, if any, is its
+    // parent); without a span (spans filtered out) the client's context passes as it came.
+    dockyard_runtime::trace::inject_http(&tracing::Span::current(), &mut outgoing);
     outgoing
 }
 

@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dockyard_runtime::trace;
 use dockyard_runtime::{
     health::Health,
     metrics::{HttpLabels, Metrics, method_label},
@@ -313,6 +314,7 @@ async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Resp
         incoming_request_id(request.headers()).map_or_else(new_request_id, str::to_owned);
     let method = request.method().clone();
     let shared = &worker.shared;
+    let mut span = tracing::Span::none();
     let (route, mut response, failure) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/health/live") => (
             "/health/live",
@@ -329,9 +331,21 @@ async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Resp
             ("/health/ready", json(status, &report), None)
         }
         _ => {
-            let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = FORWARD_ROUTE);
+            // The request's server span: it continues the client's trace or starts one, and the
+            // upstream request carries it on (`proxy::forward` renames it after the route).
+            span = tracing::info_span!(
+                "request",
+                request_id = %request_id,
+                method = %method,
+                route = FORWARD_ROUTE,
+                otel.name = %method,
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+            );
+            trace::continue_from(&span, trace::parent_from_http(request.headers()));
             match proxy::forward(worker, request, peer, &request_id)
-                .instrument(span)
+                .instrument(span.clone())
                 .await
             {
                 Ok(response) => (FORWARD_ROUTE, response, None),
@@ -345,16 +359,19 @@ async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Resp
     let latency = started.elapsed();
     let status = response.status();
     let latency_ms = latency.as_secs_f64() * 1000.0;
-    if route != FORWARD_ROUTE {
-        // The gateway's own health probes: routine when they succeed, and a 503 (draining) is
-        // a state, not a failure.
-        if status.is_success() {
-            tracing::debug!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");
+    if route == FORWARD_ROUTE {
+        span.record("http.response.status_code", status.as_u16());
+        let _in_span = span.enter();
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+            tracing::error!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, error = failure.as_ref().map(ToString::to_string), "request failed");
         } else {
             tracing::info!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");
         }
-    } else if status.is_server_error() {
-        tracing::error!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, error = failure.as_ref().map(ToString::to_string), "request failed");
+    } else if status.is_success() {
+        // The gateway's own health probes: routine when they succeed, and a 503 (draining) is
+        // a state, not a failure.
+        tracing::debug!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");
     } else {
         tracing::info!(request_id = %request_id, method = %method, route, status = status.as_u16(), latency_ms, "request completed");
     }

@@ -17,6 +17,7 @@ use prometheus_client::{
 };
 use serde::Deserialize;
 use tokio::time::Instant;
+use tracing::Instrument;
 use url::Url;
 use uuid::Uuid;
 
@@ -157,12 +158,30 @@ impl CatalogClient {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         url.query_pairs_mut().append_pair("ids", &ids.join(","));
         let http = self.http.clone();
+        // The pricing call's client span; the catalog continues it (`traceparent`).
+        let span = tracing::info_span!(
+            "pricing",
+            otel.name = "GET /products",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            server.address = self.base.host_str().unwrap_or_default(),
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        dockyard_runtime::trace::inject_http(&span, &mut headers);
         let outcome = self
             .runtime
-            .spawn(async move {
-                let response = http.get(url).send().await?.error_for_status()?;
-                response.json::<Page>().await
-            })
+            .spawn(
+                async move {
+                    let response = http
+                        .get(url)
+                        .headers(headers)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    response.json::<Page>().await
+                }
+                .instrument(span.clone()),
+            )
             .await
             .map_err(|e| Unavailable::Failed(e.to_string()))
             .and_then(|result| result.map_err(|e| Unavailable::Failed(e.to_string())));
@@ -174,6 +193,7 @@ impl CatalogClient {
             }
             Err(error) => {
                 permit.failure(now);
+                span.record("otel.status_code", "error");
                 Err(error)
             }
         }

@@ -30,13 +30,15 @@ use uuid::Uuid;
 
 use crate::{
     config::SagaConfig,
-    domain::Line,
+    domain::{Line, Status},
     store::{self, Total},
 };
 
-/// The order service's handler of stock events.
-#[derive(Debug, Clone, Copy)]
-pub struct StockEvents;
+/// The order service's handler of stock events; counts the orders it moves.
+#[derive(Debug, Clone)]
+pub struct StockEvents {
+    pub counts: store::OrderCounts,
+}
 
 /// What a stock event asks of the orders table.
 enum Verdict {
@@ -105,8 +107,11 @@ impl Handler for StockEvents {
                     Verdict::Reject(order_id, reason) => rejections.push((order_id, reason)),
                 }
             }
-            let moved = store::confirm_many(transaction, &confirmations).await?
-                + store::reject_many(transaction, &rejections).await?;
+            let confirmed = store::confirm_many(transaction, &confirmations).await?;
+            let rejected = store::reject_many(transaction, &rejections).await?;
+            self.counts.add(Some(Status::Confirmed), confirmed);
+            self.counts.add(Some(Status::Rejected), rejected);
+            let moved = confirmed + rejected;
             let left = (confirmations.len() + rejections.len()) as u64 - moved;
             if left > 0 {
                 tracing::info!(
@@ -128,6 +133,7 @@ impl Handler for StockEvents {
             let order_id = envelope.correlation_id;
             let why = format!("the catalog's answer could not be applied: {reason}");
             if store::reject_and_compensate(transaction, order_id, &why).await? {
+                self.counts.add(Some(Status::Rejected), 1);
                 tracing::warn!(%order_id, reason, "order rejected and compensated");
             }
             Ok(Compensation::Settled)
@@ -142,6 +148,7 @@ pub struct Deadline {
     config: SagaConfig,
     republished: Counter,
     timed_out: Counter,
+    counts: store::OrderCounts,
 }
 
 /// Due orders handled per transaction.
@@ -150,7 +157,12 @@ const SWEEP_BATCH: i64 = 100;
 impl Deadline {
     /// Registers its metrics: `dockyard_order_saga_republished_total`,
     /// `dockyard_order_saga_timeouts_total`.
-    pub fn new(pool: PgPool, config: SagaConfig, metrics: &mut Metrics) -> Self {
+    pub fn new(
+        pool: PgPool,
+        config: SagaConfig,
+        counts: store::OrderCounts,
+        metrics: &mut Metrics,
+    ) -> Self {
         let (republished, timed_out) = (Counter::default(), Counter::default());
         metrics.register(
             "order_saga_republished",
@@ -167,6 +179,7 @@ impl Deadline {
             config,
             republished,
             timed_out,
+            counts,
         }
     }
 
@@ -208,6 +221,7 @@ impl Deadline {
                             }
                             store::Deadline::TimedOut => {
                                 self.timed_out.inc();
+                                self.counts.add(Some(Status::Rejected), 1);
                                 tracing::warn!(%order_id, "order still pending after its last deadline; rejected (timeout)");
                             }
                         }

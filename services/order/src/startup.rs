@@ -23,7 +23,7 @@ use crate::{
     config::Settings,
     events::{Deadline, StockEvents},
     routes,
-    store::OrderStore,
+    store::{OrderCounts, OrderStore},
 };
 
 /// A bound, ready-to-run order service.
@@ -54,8 +54,14 @@ impl Application {
         let outbox = OutboxGauges::default();
         let relay =
             OutboxRelay::new(database.pool().clone(), broker.clone()).with_gauges(outbox.clone());
-        let subscription =
-            Subscription::new(SERVICE, Arc::new(StockEvents)).with_handoff(relay.handoff());
+        let counts = OrderCounts::default();
+        let subscription = Subscription::new(
+            SERVICE,
+            Arc::new(StockEvents {
+                counts: counts.clone(),
+            }),
+        )
+        .with_handoff(relay.handoff());
         let health = Health::new(SERVICE)
             .with_check(DatabaseCheck::new(database.clone()))
             .with_check(BrokerCheck(broker.clone()))
@@ -63,13 +69,20 @@ impl Application {
         let mut metrics = Metrics::new();
         subscription.status().register(&mut metrics);
         outbox.register(&mut metrics);
-        let deadline = Deadline::new(database.pool().clone(), settings.saga.clone(), &mut metrics);
+        counts.register(&mut metrics);
+        let deadline = Deadline::new(
+            database.pool().clone(),
+            settings.saga.clone(),
+            counts.clone(),
+            &mut metrics,
+        );
         catalog.register(&mut metrics);
         let admission = Admission::new(settings.admission.clone(), &mut metrics);
         let store = OrderStore::new(
             database.clone(),
             relay.handoff(),
             settings.saga.order_pending_timeout,
+            counts,
         );
         let admitting = admission.clone();
         let identity = settings.identity;

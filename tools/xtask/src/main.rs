@@ -33,6 +33,13 @@ enum Task {
         /// The gateway admin API's port on 127.0.0.1.
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+        /// The console's port on 127.0.0.1 (the platform live, in a browser); every instance
+        /// exports its traces to it.
+        #[arg(long, default_value_t = 8088)]
+        console_port: u16,
+        /// Run without the console (and export no traces).
+        #[arg(long)]
+        no_console: bool,
         /// Build and run release binaries.
         #[arg(long)]
         release: bool,
@@ -136,6 +143,8 @@ async fn main() -> ExitCode {
             canary_weight,
             port,
             admin_port,
+            console_port,
+            no_console,
             release,
         } => {
             let options = stack::Options {
@@ -161,6 +170,7 @@ async fn main() -> ExitCode {
                 gateway_env: Vec::new(),
                 log_file: None,
                 auth: true,
+                console_port: (!no_console).then_some(console_port),
             };
             up(options, release).await
         }
@@ -268,7 +278,7 @@ fn verdict(task: &str, outcome: anyhow::Result<bool>) -> ExitCode {
 }
 
 async fn up(options: stack::Options, release: bool) -> ExitCode {
-    logs::say("building catalog, order and gateway");
+    logs::say("building catalog, order, gateway and console");
     if let Err(error) = tokio::task::spawn_blocking(move || stack::build(release))
         .await
         .unwrap_or_else(|e| Err(e.into()))
@@ -289,6 +299,11 @@ async fn up(options: stack::Options, release: bool) -> ExitCode {
         stack.gateway_url,
         stack.admin_url()
     ));
+    if let Some(console) = &stack.console_url {
+        logs::say(&format!(
+            "console: open {console}/ in a browser (topology, releases, the saga, traces)"
+        ));
+    }
     dockyard_shutdown().await;
     logs::say("stopping: gateway first, then the services");
     let statuses = stack.stop().await;

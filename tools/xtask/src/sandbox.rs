@@ -60,6 +60,7 @@ impl Sandbox {
             gateway_env: Vec::new(),
             log_file: None,
             auth: true,
+            console_port: None,
         }
     }
 

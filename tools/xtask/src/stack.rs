@@ -60,6 +60,9 @@ pub struct Options {
     /// The gateway verifies bearer tokens signed with the local key ([`dev_keys`]) and applies
     /// [`dev_keys::POLICIES`]; the services require its identity headers (`REQUIRE_IDENTITY`).
     pub auth: bool,
+    /// Run the console on this port of 127.0.0.1 (`Some(0)`: any free port), started first,
+    /// with every other instance exporting its traces to it (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub console_port: Option<u16>,
 }
 
 /// One running process.
@@ -108,6 +111,8 @@ pub struct Stack {
     started: usize,
     /// The key tokens are signed with and the JWKS the gateway reads, when `auth` is on.
     auth: Option<(TokenIssuer, PathBuf)>,
+    /// The console's URL, when it runs.
+    pub console_url: Option<String>,
 }
 
 /// A free TCP port on `ip`.
@@ -128,11 +133,13 @@ pub fn bin_dir(release: bool) -> PathBuf {
     target.join(if release { "release" } else { "debug" })
 }
 
-/// Builds the three services (`cargo build`), in release mode if asked.
+/// Builds the services and the console (`cargo build`), in release mode if asked.
 pub fn build(release: bool) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = std::process::Command::new(cargo);
-    command.args(["build", "-p", "catalog", "-p", "order", "-p", "gateway"]);
+    command.args([
+        "build", "-p", "catalog", "-p", "order", "-p", "gateway", "-p", "console",
+    ]);
     // `cargo xtask` runs us under `cargo run`, which sets the variables a crate sees at run
     // time (`CARGO_PKG_NAME=xtask`, `CARGO_MANIFEST_DIR`, …). Build scripts such as ring's
     // rerun when those change, so passing them on rebuilt ring, rustls, sqlx and every service
@@ -165,7 +172,8 @@ pub fn build(release: bool) -> anyhow::Result<()> {
 impl Stack {
     /// Prepares the databases and starts every instance; returns once all are ready.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
-        for binary in ["catalog", "order", "gateway"] {
+        let console = options.console_port.is_some().then_some("console");
+        for binary in ["catalog", "order", "gateway"].into_iter().chain(console) {
             let path = options.bin_dir.join(binary);
             anyhow::ensure!(
                 path.exists(),
@@ -204,8 +212,12 @@ impl Stack {
             options,
             instances: Vec::new(),
             started: 0,
+            console_url: None,
         };
         stack.prepare_databases().await?;
+        if let Some(port) = stack.options.console_port {
+            stack.start_console(port)?;
+        }
         for _ in 0..stack.options.catalog_instances {
             stack.add_catalog().await?;
         }
@@ -294,8 +306,55 @@ impl Stack {
         if self.auth.is_some() {
             env.push(("REQUIRE_IDENTITY", "true".to_owned()));
         }
+        env.extend(self.tracing_env());
         env.extend(self.options.service_env.iter().cloned());
         env
+    }
+
+    /// Where an instance's spans go: the console, when it runs, half a second after they end
+    /// (the batch exporter's default waits five).
+    fn tracing_env(&self) -> Vec<(&'static str, String)> {
+        self.console_url
+            .iter()
+            .flat_map(|url| {
+                [
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", url.clone()),
+                    ("OTEL_BSP_SCHEDULE_DELAY", "500".to_owned()),
+                ]
+            })
+            .collect()
+    }
+
+    fn start_console(&mut self, port: u16) -> anyhow::Result<()> {
+        let port = match port {
+            0 => free_port(Ipv4Addr::LOCALHOST)?,
+            port => port,
+        };
+        let env = vec![
+            ("GATEWAY_ADMIN_URL", self.admin_url()),
+            ("ADMIN_TOKEN", self.options.admin_token.clone()),
+            ("LOG_FORMAT", self.options.log_format.clone()),
+            ("HTTP_WORKERS", "1".to_owned()),
+        ];
+        let console = self.spawn(
+            "console",
+            Ipv4Addr::LOCALHOST,
+            port,
+            "console",
+            &["serve"],
+            &env,
+        )?;
+        self.console_url = Some(console.url());
+        self.instances.push(console);
+        Ok(())
+    }
+
+    /// The process id of instance `name`.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.instances
+            .iter()
+            .find(|i| i.name == name)
+            .and_then(|i| i.child.id())
     }
 
     /// A bearer token for `subject` holding `scopes`, valid for an hour; `None` without auth.
@@ -419,6 +478,7 @@ impl Stack {
             // so whatever balances traffic onto the gateway stops sending first.
             ("SHUTDOWN_DELAY_MS", "300".to_owned()),
         ];
+        env.extend(self.tracing_env());
         if let Some((_, jwks)) = &self.auth {
             env.extend([
                 ("AUTH_JWKS_FILE", jwks.display().to_string()),
@@ -560,14 +620,16 @@ impl Stack {
         Ok(())
     }
 
-    /// SIGTERM to the gateway first (no new requests come in), then to every other instance;
-    /// returns each instance's exit status.
+    /// SIGTERM to the gateway first (no new requests come in), then to every service instance,
+    /// then to the console (it receives their last spans); returns each instance's exit status.
     pub async fn stop(mut self) -> Vec<(String, ExitStatus)> {
         let mut statuses = Vec::new();
         let (gateways, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.instances)
             .into_iter()
             .partition(|i| i.name == "gateway");
-        for group in [gateways, others] {
+        let (consoles, services): (Vec<_>, Vec<_>) =
+            others.into_iter().partition(|i| i.name == "console");
+        for group in [gateways, services, consoles] {
             for instance in &group {
                 instance.signal(Signal::SIGTERM);
             }

@@ -114,7 +114,7 @@ impl ProductStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7) {conflict} RETURNING *"
         );
         self.database
-            .run(move |pool| async move {
+            .run("INSERT products", move |pool| async move {
                 sqlx::query_as::<_, Product>(&sql)
                     .bind(Uuid::now_v7())
                     .bind(new.sku.as_str())
@@ -131,7 +131,7 @@ impl ProductStore {
 
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
         self.database
-            .run(move |pool| async move {
+            .run("SELECT products", move |pool| async move {
                 sqlx::query_as::<_, Product>("SELECT * FROM products WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&pool)
@@ -151,7 +151,7 @@ impl ProductStore {
     ) -> Result<Vec<Product>, StoreError> {
         Ok(self
             .database
-            .run(move |pool| async move {
+            .run("SELECT products", move |pool| async move {
                 sqlx::query_as::<_, Product>(
                     "SELECT * FROM products
                      WHERE ($1::uuid[] IS NULL OR id = ANY($1))
@@ -180,7 +180,7 @@ impl ProductStore {
         let (versions, changes) = (expected_versions(expected), changes.clone());
         let updated = self
             .database
-            .run(move |pool| async move {
+            .run("UPDATE products", move |pool| async move {
                 sqlx::query_as::<_, Product>(
                     "UPDATE products SET
                          name        = COALESCE($3, name),
@@ -216,7 +216,7 @@ impl ProductStore {
         let versions = expected_versions(expected);
         let deleted = self
             .database
-            .run(move |pool| async move {
+            .run("DELETE products", move |pool| async move {
                 sqlx::query(
                     "DELETE FROM products
                      WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2))",
@@ -238,7 +238,7 @@ impl ProductStore {
     async fn why_unchanged(&self, id: Uuid) -> StoreError {
         let current = self
             .database
-            .run(move |pool| async move {
+            .run("SELECT products", move |pool| async move {
                 sqlx::query_scalar::<_, i64>("SELECT version FROM products WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&pool)

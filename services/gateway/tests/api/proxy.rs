@@ -35,9 +35,18 @@ async fn a_route_strips_its_prefix_and_forwards_query_and_identity_headers() {
     assert_eq!(seen["query"], "limit=2");
     let headers = &seen["headers"];
     assert_eq!(headers["x-request-id"], "req-42");
+    // The upstream continues the client's trace under the gateway's own span.
+    let traceparent = headers["traceparent"].as_str().unwrap();
+    let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(
-        headers["traceparent"],
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        (parts[0], parts[1], parts[3]),
+        ("00", "0af7651916cd43dd8448eb211c80319c", "01"),
+        "same trace, sampled: {traceparent}"
+    );
+    assert_eq!(parts[2].len(), 16);
+    assert_ne!(
+        parts[2], "b7ad6b7169203331",
+        "the gateway's span is the parent"
     );
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");

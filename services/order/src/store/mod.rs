@@ -21,6 +21,7 @@ use crate::{
     domain::{Line, NewOrder, Status},
     migrators,
 };
+use prometheus_client::metrics::{counter::Counter, family::Family};
 
 /// An order as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -103,6 +104,36 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+/// `dockyard_order_orders_total{status}`: orders that reached each status (`placed` for
+/// those accepted), counted by this process as it moves them (a transaction that fails after
+/// counting, in a database outage mid-commit, may count its orders twice). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct OrderCounts(Family<StatusLabel, Counter>);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StatusLabel {
+    status: &'static str,
+}
+
+impl OrderCounts {
+    /// Registers `dockyard_order_orders_total`.
+    pub fn register(&self, metrics: &mut dockyard_runtime::metrics::Metrics) {
+        metrics.register(
+            "order_orders",
+            "Orders that reached each status (placed: accepted), counted by this process",
+            self.0.clone(),
+        );
+    }
+
+    /// `count` more orders reached `status` (`None`: were placed).
+    pub fn add(&self, status: Option<Status>, count: u64) {
+        if count > 0 {
+            let status = status.map_or("placed", Status::as_str);
+            self.0.get_or_create(&StatusLabel { status }).inc_by(count);
+        }
+    }
+}
+
 /// Orders in the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct OrderStore {
@@ -111,16 +142,23 @@ pub struct OrderStore {
     pending_timeout: Duration,
     /// The writer of placements.
     placer: tokio::sync::mpsc::Sender<placer::Placement>,
+    counts: OrderCounts,
 }
 
 impl OrderStore {
     /// Call from the main runtime: the writer of placements runs there, and hands the
     /// `order.placed` events it commits to `handoff` (the process's outbox relay).
-    pub fn new(database: Database, handoff: outbox::Handoff, pending_timeout: Duration) -> Self {
+    pub fn new(
+        database: Database,
+        handoff: outbox::Handoff,
+        pending_timeout: Duration,
+        counts: OrderCounts,
+    ) -> Self {
         Self {
-            placer: placer::start(database.pool().clone(), handoff),
+            placer: placer::start(database.pool().clone(), handoff, counts.clone()),
             database,
             pending_timeout,
+            counts,
         }
     }
 
@@ -135,7 +173,7 @@ impl OrderStore {
         let (key, request) = (key.to_owned(), request.clone());
         Ok(self
             .database
-            .run(move |pool| async move {
+            .run("SELECT idempotency_keys", move |pool| async move {
                 let mut connection = pool.acquire().await?;
                 recall(&mut connection, &key, &request).await
             })
@@ -145,7 +183,16 @@ impl OrderStore {
     /// Places `order` under `key`: the key, the order and its `order.placed` event are written
     /// in one transaction. A concurrent request with the same key waits for this one and then
     /// replays its response, so duplicates create one order.
-    #[tracing::instrument(skip_all, fields(customer_id = %order.customer_id))]
+    #[tracing::instrument(
+        name = "INSERT orders",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            customer_id = %order.customer_id,
+            order.id = tracing::field::Empty,
+        )
+    )]
     pub async fn place(
         &self,
         key: &str,
@@ -169,6 +216,8 @@ impl OrderStore {
             created_at: now,
             updated_at: now,
         };
+        tracing::Span::current().record("order.id", tracing::field::display(created.id));
+        // In this span's trace: the catalog's handling of it continues the request's trace.
         let event = placed_event(created.id, &created.lines);
         let (answer, answered) = tokio::sync::oneshot::channel();
         let placement = placer::Placement {
@@ -189,7 +238,7 @@ impl OrderStore {
 
     pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
         self.database
-            .run(move |pool| async move {
+            .run("SELECT orders", move |pool| async move {
                 sqlx::query_as::<_, OrderRow>("SELECT * FROM orders WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&pool)
@@ -209,7 +258,7 @@ impl OrderStore {
     ) -> Result<Vec<Order>, StoreError> {
         let rows = self
             .database
-            .run(move |pool| async move {
+            .run("SELECT orders", move |pool| async move {
                 sqlx::query_as::<_, OrderRow>(
                     "SELECT * FROM orders
                      WHERE customer_id = $1 AND ($2::uuid IS NULL OR id > $2)
@@ -229,8 +278,9 @@ impl OrderStore {
     /// releases the stock).
     #[tracing::instrument(skip(self))]
     pub async fn cancel(&self, id: Uuid) -> Result<Order, StoreError> {
-        self.database
-            .run(move |pool| async move {
+        let cancelled = self
+            .database
+            .run("UPDATE orders", move |pool| async move {
                 let mut transaction = pool.begin().await?;
                 let status: Option<Status> =
                     sqlx::query_scalar("SELECT status FROM orders WHERE id = $1 FOR UPDATE")
@@ -256,7 +306,11 @@ impl OrderStore {
                 tracing::info!(was = status.as_str(), "order cancelled");
                 Ok::<_, sqlx::Error>(Ok(Order::from(row)))
             })
-            .await?
+            .await?;
+        if cancelled.is_ok() {
+            self.counts.add(Some(Status::Cancelled), 1);
+        }
+        cancelled
     }
 }
 

@@ -17,7 +17,7 @@ use sqlx::{PgPool, types::Json};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Order, Placed, StoreError, recall};
+use super::{Order, OrderCounts, Placed, StoreError, recall};
 
 /// Placements written in one transaction at most.
 const GROUP: usize = 128;
@@ -38,10 +38,14 @@ pub struct Placement {
 
 /// Starts the writer on the current runtime; placements go through the returned sender, and
 /// the events of the placements it commits to `handoff`.
-pub fn start(pool: PgPool, handoff: Handoff) -> mpsc::Sender<Placement> {
+pub fn start(pool: PgPool, handoff: Handoff, counts: OrderCounts) -> mpsc::Sender<Placement> {
     let (sender, mut receiver) = mpsc::channel::<Placement>(QUEUE);
     tokio::spawn(async move {
-        let writer = Writer { pool, handoff };
+        let writer = Writer {
+            pool,
+            handoff,
+            counts,
+        };
         let mut group = Vec::with_capacity(GROUP);
         while receiver.recv_many(&mut group, GROUP).await > 0 {
             writer.write(std::mem::take(&mut group)).await;
@@ -54,6 +58,7 @@ pub fn start(pool: PgPool, handoff: Handoff) -> mpsc::Sender<Placement> {
 struct Writer {
     pool: PgPool,
     handoff: Handoff,
+    counts: OrderCounts,
 }
 
 impl Writer {
@@ -160,6 +165,7 @@ impl Writer {
         let placed = self.handoff.enqueue(&mut transaction, placed).await?;
         transaction.commit().await?;
         self.handoff.committed(placed);
+        self.counts.add(None, written.len() as u64);
         Ok(written)
     }
 }

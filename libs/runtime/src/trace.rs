@@ -1,0 +1,356 @@
+//! Distributed tracing: `tracing` spans become OpenTelemetry spans (tracing-opentelemetry), the
+//! W3C trace context travels in and out (`traceparent`, `tracestate`), and spans are exported
+//! over OTLP/HTTP (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; nothing is exported when it is not. The
+//! standard `OTEL_*` variables apply (`OTEL_SERVICE_NAME`, default the service's name;
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT`, …; `OTEL_SDK_DISABLED=true` exports nothing).
+//!
+//! Trace context is kept even when nothing is exported: the gateway starts a trace for each
+//! request, every hop continues it, and every JSON log line inside a request or a message
+//! carries its `trace_id` and `span_id` ([`crate::telemetry`]).
+//!
+//! One home for the propagation: [`parent_from_actix`] and [`parent_from_http`] read an
+//! incoming request's context, [`inject_http`] writes the current span's into an outgoing
+//! request, [`traceparent`] and [`parent_from_traceparent`] carry it through a message.
+
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    trace::{BatchSpanProcessor, SdkTracerProvider},
+};
+use serde::Deserialize;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::ConfigError;
+
+/// What this module reads itself of the `OTEL_*` variables (the SDK reads the rest).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TracingConfig {
+    /// Base URL of an OTLP/HTTP receiver; spans go to `<it>/v1/traces`.
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// The traces endpoint itself, when it is not `<base>/v1/traces`.
+    pub otel_exporter_otlp_traces_endpoint: Option<String>,
+    /// Only `http/protobuf` is built in.
+    pub otel_exporter_otlp_protocol: Option<String>,
+    pub otel_exporter_otlp_traces_protocol: Option<String>,
+    /// `true`: export nothing.
+    #[serde(default)]
+    pub otel_sdk_disabled: bool,
+    pub otel_service_name: Option<String>,
+    pub otel_resource_attributes: Option<String>,
+}
+
+impl TracingConfig {
+    /// Whether spans are exported, after checking the endpoint and protocol; errors name the
+    /// variable.
+    pub fn exporting(&self) -> Result<bool, ConfigError> {
+        for (variable, value) in [
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                &self.otel_exporter_otlp_protocol,
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                &self.otel_exporter_otlp_traces_protocol,
+            ),
+        ] {
+            if value.as_deref().is_some_and(|p| p != "http/protobuf") {
+                return Err(ConfigError::new(
+                    variable,
+                    "only `http/protobuf` (OTLP over HTTP) is supported",
+                ));
+            }
+        }
+        let mut any = false;
+        for (variable, value) in [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &self.otel_exporter_otlp_endpoint,
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                &self.otel_exporter_otlp_traces_endpoint,
+            ),
+        ] {
+            let Some(value) = value.as_deref().filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            let url = url::Url::parse(value)
+                .map_err(|e| ConfigError::new(variable, format!("is not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::new(
+                    variable,
+                    "expected an http:// or https:// URL",
+                ));
+            }
+            any = true;
+        }
+        Ok(any && !self.otel_sdk_disabled)
+    }
+
+    /// The `service.name` spans carry: `OTEL_SERVICE_NAME`, else `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else `service`.
+    fn named_by_environment(&self) -> bool {
+        self.otel_service_name
+            .as_deref()
+            .is_some_and(|n| !n.is_empty())
+            || self.otel_resource_attributes.as_deref().is_some_and(|a| {
+                a.split(',')
+                    .any(|kv| kv.trim().starts_with("service.name="))
+            })
+    }
+}
+
+/// The process's tracer provider; [`Tracing::shutdown`] exports what is still buffered.
+#[derive(Debug)]
+pub struct Tracing {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Tracing {
+    /// A provider for `service`: with a batch exporter when `config` says so (call
+    /// [`TracingConfig::exporting`] first: an invalid endpoint is a configuration error),
+    /// else one that only keeps trace context.
+    pub fn new(config: &TracingConfig, service: &'static str) -> Self {
+        let exporting = config.exporting().unwrap_or(false);
+        let mut resource = Resource::builder();
+        if !config.named_by_environment() {
+            resource = resource.with_service_name(service);
+        }
+        let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+        if exporting {
+            match opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+            {
+                Ok(exporter) => {
+                    builder =
+                        builder.with_span_processor(BatchSpanProcessor::builder(exporter).build());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the OTLP exporter could not be built; no traces are exported");
+                }
+            }
+        }
+        Self {
+            provider: builder.build(),
+            exporting,
+        }
+    }
+
+    /// The layer turning `tracing` spans into this provider's spans.
+    pub fn layer<S>(
+        &self,
+    ) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(self.provider.tracer("dockyard"))
+    }
+
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Exports what is buffered and stops the exporter (at most its timeout).
+    pub fn shutdown(self) {
+        if self.exporting
+            && let Err(error) = self.provider.shutdown()
+        {
+            tracing::warn!(%error, "exporting the last spans failed");
+        }
+    }
+}
+
+/// The W3C trace-context propagator (`traceparent`, `tracestate`).
+fn propagator() -> TraceContextPropagator {
+    TraceContextPropagator::new()
+}
+
+/// An actix request's headers, for the propagator.
+struct ActixHeaders<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl Extractor for ActixHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .map(actix_web::http::header::HeaderName::as_str)
+            .collect()
+    }
+}
+
+/// A request's headers in `http` types, for the propagator.
+struct HttpHeaders<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// A message's `traceparent`, for the propagator.
+struct TraceParent<'a>(Option<&'a str>);
+
+impl Extractor for TraceParent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0).flatten()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+/// The trace context an actix request came with (empty without one).
+pub fn parent_from_actix(headers: &actix_web::http::header::HeaderMap) -> Context {
+    propagator().extract(&ActixHeaders(headers))
+}
+
+/// The trace context a request (`http` types: the gateway, reqwest) came with.
+pub fn parent_from_http(headers: &http::HeaderMap) -> Context {
+    propagator().extract(&HttpHeaders(headers))
+}
+
+struct HttpInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HttpInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Sets `traceparent` (and `tracestate`) of `headers` to `span`'s context, replacing what was
+/// there; leaves them as they are when `span` has none (disabled by the filter, say).
+pub fn inject_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        headers.remove("tracestate");
+        propagator().inject_context(&context, &mut HttpInjector(headers));
+    }
+}
+
+/// `span`'s context as a `traceparent` value, for a message; `None` without one.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    struct One(Option<String>);
+    impl Injector for One {
+        fn set(&mut self, key: &str, value: String) {
+            if key == "traceparent" {
+                self.0 = Some(value);
+            }
+        }
+    }
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut one = One(None);
+    propagator().inject_context(&context, &mut one);
+    one.0
+}
+
+/// The context a message's `traceparent` names (empty for none or a malformed one).
+pub fn parent_from_traceparent(traceparent: Option<&str>) -> Context {
+    propagator().extract(&TraceParent(traceparent))
+}
+
+/// Makes `span` a child of `parent` when that is a valid remote context (else it stays where
+/// it is: a root, or the child of the current span).
+pub fn continue_from(span: &tracing::Span, parent: Context) {
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Renames `span` in its trace (a name known only once the span has begun, such as the route
+/// a request matched). `otel.name` can only be set before the span is first entered.
+pub fn rename(span: &tracing::Span, name: String) {
+    span.context().span().update_name(name);
+}
+
+/// The ids of the current span's trace, as hexadecimal text: `(trace_id, span_id)`.
+pub fn current_ids() -> Option<(String, String)> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid()
+        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_traceparent_is_read_from_a_message_and_a_malformed_one_is_none() {
+        let context = parent_from_traceparent(Some(PARENT));
+        let span = context.span();
+        assert_eq!(
+            span.span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(span.span_context().is_remote());
+        for bad in [None, Some("garbage"), Some("00-0000-00-01")] {
+            assert!(
+                !parent_from_traceparent(bad)
+                    .span()
+                    .span_context()
+                    .is_valid(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_protocol_and_endpoint_are_checked_naming_the_variable() {
+        let config = |vars: &[(&str, &str)]| -> TracingConfig {
+            crate::config::from_vars(vars.iter().copied()).unwrap()
+        };
+        assert!(!config(&[]).exporting().unwrap());
+        assert!(
+            config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")])
+                .exporting()
+                .unwrap()
+        );
+        assert!(
+            !config(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_SDK_DISABLED", "true")
+            ])
+            .exporting()
+            .unwrap()
+        );
+        let error = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318")])
+            .exporting()
+            .unwrap_err();
+        assert_eq!(error.variable, "OTEL_EXPORTER_OTLP_ENDPOINT");
+        let error = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .exporting()
+        .unwrap_err();
+        assert_eq!(error.variable, "OTEL_EXPORTER_OTLP_PROTOCOL");
+    }
+}
