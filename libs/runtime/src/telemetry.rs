@@ -81,6 +81,7 @@ where
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_ansi(colour())
+            .fmt_fields(WithoutOtelFields)
             .with_writer(writer)
             .boxed(),
     };
@@ -130,6 +131,66 @@ where
     }
 }
 
+/// Pretty lines' fields without the `otel.*` ones (a span's name and kind in its trace): they
+/// say nothing to a reader of the log and made every request line twice as long.
+#[derive(Debug, Clone, Copy)]
+struct WithoutOtelFields;
+
+impl<'a> tracing_subscriber::field::MakeVisitor<Writer<'a>> for WithoutOtelFields {
+    type Visitor = WithoutOtel<'a>;
+
+    fn make_visitor(&self, target: Writer<'a>) -> Self::Visitor {
+        WithoutOtel(tracing_subscriber::fmt::format::DefaultVisitor::new(
+            target, true,
+        ))
+    }
+}
+
+/// [`tracing_subscriber::fmt::format::DefaultVisitor`], skipping `otel.*` fields.
+struct WithoutOtel<'a>(tracing_subscriber::fmt::format::DefaultVisitor<'a>);
+
+impl WithoutOtel<'_> {
+    fn shown(field: &tracing::field::Field) -> bool {
+        !field.name().starts_with("otel.")
+    }
+}
+
+impl tracing::field::Visit for WithoutOtel<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if Self::shown(field) {
+            self.0.record_str(field, value);
+        }
+    }
+
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        if Self::shown(field) {
+            self.0.record_error(field, value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if Self::shown(field) {
+            self.0.record_debug(field, value);
+        }
+    }
+}
+
+impl tracing_subscriber::field::VisitOutput<std::fmt::Result> for WithoutOtel<'_> {
+    fn finish(self) -> std::fmt::Result {
+        self.0.finish()
+    }
+}
+
+impl tracing_subscriber::field::VisitFmt for WithoutOtel<'_> {
+    fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        self.0.writer()
+    }
+}
+
 /// Whether pretty lines are coloured: `NO_COLOR` says never, `CLICOLOR_FORCE` (not `0`)
 /// always, otherwise only on a terminal.
 fn colour() -> bool {
@@ -145,4 +206,56 @@ fn colour() -> bool {
 /// at `debug` when it succeeds.
 pub fn is_routine(path: &str) -> bool {
     path == "/metrics" || path == "/health" || path.starts_with("/health/")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pretty_lines_leave_out_the_otel_fields_and_keep_the_others() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(WithoutOtelFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = "r-1",
+                route = %"/products",
+                otel.name = "GET /products",
+                otel.kind = "server",
+            );
+            let _entered = span.enter();
+            tracing::info!(status = 200, otel.status_code = "ok", "request completed");
+        });
+        let line = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(!line.contains("otel."), "{line}");
+        for kept in [
+            "request{request_id=\"r-1\" route=/products}",
+            "request completed status=200",
+        ] {
+            assert!(line.contains(kept), "{kept:?} not in {line}");
+        }
+    }
 }

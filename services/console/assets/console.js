@@ -16,10 +16,20 @@
       if (v === null || v === undefined || v === false) continue;
       if (k === 'text') node.textContent = v;
       else if (k === 'class') node.className = v;
+      else if (k === 'style') setStyle(node, v);
       else node.setAttribute(k, v === true ? '' : String(v));
     }
     for (const c of children) node.append(c);
     return node;
+  }
+
+  // `prop:value;…` through the CSSOM: the page's CSP (style-src 'self') refuses style
+  // attributes, not properties set from a script it allows.
+  function setStyle(node, declarations) {
+    for (const declaration of String(declarations).split(';')) {
+      const at = declaration.indexOf(':');
+      if (at > 0) node.style.setProperty(declaration.slice(0, at).trim(), declaration.slice(at + 1).trim());
+    }
   }
 
   function setText(node, text) {

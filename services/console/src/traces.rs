@@ -433,7 +433,11 @@ mod tests {
             ]
         );
         assert_eq!(trace.spans[2].kind, "consumer");
-        assert!((trace.duration_ms - 5.0).abs() < 1e-9, "{}", trace.duration_ms);
+        assert!(
+            (trace.duration_ms - 5.0).abs() < 1e-9,
+            "{}",
+            trace.duration_ms
+        );
         assert!(store.list(10, Some("order-2")).is_empty());
     }
 

@@ -6,6 +6,7 @@
 //! - `up`: the whole platform as local OS processes ([`stack`]).
 //! - `load`: realistic users through the gateway ([`load`]).
 //! - `conformance`: schemathesis against every API of a live platform ([`conformance`]).
+//! - `console-test`: the console in headless Chromium ([`console_test`]).
 //! - `chaos`: faults under load, then the saga's invariants ([`chaos`]).
 //! - `saga-bench`: the saga at saturation, at 80 % and at 2× ([`saga_bench`], `bench/saga.sh`).
 //! - `token`: a bearer token signed with the local key ([`dev_keys`]).
@@ -20,12 +21,14 @@
 //! - [`load`]: the load generator and its report.
 //! - [`sandbox`]: databases and an exchange of a run's own, removed afterwards.
 //! - [`conformance`]: the schemathesis runs.
+//! - [`console_test`]: the browser test of the console.
 //! - [`chaos`]: the fault suite.
 //! - [`saga_bench`]: the saga's benchmark.
 
 pub mod catalog_bench;
 pub mod chaos;
 pub mod conformance;
+pub mod console_test;
 pub mod database;
 pub mod dev_keys;
 pub mod load;

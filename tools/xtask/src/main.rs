@@ -60,6 +60,17 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// The console in headless Chromium against a platform of its own: every instance shown, a
+    /// killed instance turning unhealthy, the canary slider, an order's trace
+    /// (`tools/xtask/browser/console_test.py`; needs chromium, chromium-driver and selenium).
+    ConsoleTest {
+        /// Use release binaries (build them first).
+        #[arg(long)]
+        release: bool,
+        /// Also save the page, with a trace open, as this PNG (e.g. docs/console.png).
+        #[arg(long)]
+        screenshot: Option<std::path::PathBuf>,
+    },
     /// The catalog's `GET /products/{id}` against `pgbench -S` on the same PostgreSQL, in one
     /// run (`bench/catalog.sh`).
     CatalogBench {
@@ -182,6 +193,13 @@ async fn main() -> ExitCode {
         Task::Chaos { release } => {
             verdict("chaos", xtask::chaos::run(stack::bin_dir(release)).await)
         }
+        Task::ConsoleTest {
+            release,
+            screenshot,
+        } => verdict(
+            "console-test",
+            xtask::console_test::run(stack::bin_dir(release), screenshot).await,
+        ),
         Task::CatalogBench {
             seconds,
             connections,

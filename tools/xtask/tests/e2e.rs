@@ -437,3 +437,191 @@ async fn the_edge_lets_no_write_through_without_a_token() {
         assert_eq!(status, 404, "{path}");
     }
 }
+
+/// The spans of trace `trace_id` as the console received them, once `ready` holds for them
+/// (exports arrive in batches, half a second apart).
+async fn trace_from_console(
+    console: &str,
+    trace_id: &str,
+    ready: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let client = reqwest::Client::new();
+    let mut spans = Vec::new();
+    for _ in 0..100 {
+        let response = client
+            .get(format!("{console}/api/traces/{trace_id}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            let trace: Value = response.json().await.unwrap();
+            spans.clone_from(trace["spans"].as_array().unwrap());
+            if ready(&spans) {
+                return spans;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    spans
+}
+
+/// Whether `ancestor` is `span`'s parent, or its parent's, and so on.
+fn descends_from(spans: &[Value], span: &Value, ancestor: &str) -> bool {
+    let mut current = span;
+    for _ in 0..spans.len() {
+        let Some(parent) = current["parent_span_id"].as_str() else {
+            return false;
+        };
+        if parent == ancestor {
+            return true;
+        }
+        match spans.iter().find(|s| s["span_id"] == parent) {
+            Some(next) => current = next,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Each of `spans` logged its "request completed" line with its trace and span ids.
+fn request_lines_carry_their_span(log: &std::path::Path, trace_id: &str, spans: &[&Value]) {
+    let lines = std::fs::read_to_string(log).unwrap();
+    let _ = std::fs::remove_file(log);
+    let logged: Vec<Value> = lines
+        .lines()
+        .filter_map(|line| serde_json::from_str(line.split_once('|')?.1.trim()).ok())
+        .filter(|line: &Value| line["trace_id"] == trace_id)
+        .collect();
+    for span in spans {
+        assert!(
+            logged
+                .iter()
+                .any(|line| line["span_id"] == span["span_id"]
+                    && line["message"] == "request completed"),
+            "no log line of span {} in {logged:#?}",
+            span["name"]
+        );
+    }
+}
+
+/// Places an order through the gateway in the client's trace `traceparent`; returns its id.
+async fn place_traced_order(platform: &stack::Stack, traceparent: &str) -> String {
+    let gateway = &platform.gateway_url;
+    let customer = uuid::Uuid::now_v7();
+    let token = platform.token(&customer.to_string(), &[]).unwrap();
+    let client = reqwest::Client::new();
+    let page: Value = client
+        .get(format!("{gateway}/api/catalog/products?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let product = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let placed = client
+        .post(format!("{gateway}/api/orders/orders"))
+        .bearer_auth(&token)
+        .header("traceparent", traceparent)
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 202);
+    placed.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// One order's trace, exported over OTLP/HTTP to the console (a real receiver: it decodes the
+/// protobuf export requests), runs gateway → order → order.placed → catalog → stock.reserved →
+/// order, each hop the child of the one before, across the broker; the JSON log lines of the
+/// request carry its trace and span ids.
+#[tokio::test]
+async fn one_orders_trace_crosses_the_gateway_the_services_and_the_broker() {
+    let sandbox = Sandbox::new("e2e");
+    let log = std::env::temp_dir().join(format!("{}.log", sandbox.exchange));
+    let mut options = sandbox.options(1, stack::bin_dir(false));
+    options.console_port = Some(0);
+    options.log_file = Some(log.clone());
+    let guard = Guard(sandbox);
+    let platform = stack::Stack::start(options).await.unwrap();
+    let console = platform.console_url.clone().unwrap();
+    // The client's own trace: everything below continues it.
+    let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let order_id = place_traced_order(&platform, &format!("00-{trace_id}-{client_span}-01")).await;
+    let client = reqwest::Client::new();
+
+    let of = |spans: &[Value], service: &str, kind: &str, name: &str| -> Option<Value> {
+        spans
+            .iter()
+            .find(|s| s["service"] == service && s["kind"] == kind && s["name"] == name)
+            .cloned()
+    };
+    let complete = |spans: &[Value]| {
+        of(spans, "order", "consumer", "stock.reserved process").is_some()
+            && of(spans, "catalog", "consumer", "order.placed process").is_some()
+            && of(spans, "order", "server", "POST /orders").is_some()
+            && of(spans, "gateway", "server", "POST /api/orders").is_some()
+    };
+    let spans = trace_from_console(&console, trace_id, complete).await;
+    let names: Vec<String> = spans
+        .iter()
+        .map(|s| format!("{} {} {}", s["service"], s["kind"], s["name"]))
+        .collect();
+    let find = |service: &str, kind: &str, name: &str| {
+        of(&spans, service, kind, name)
+            .unwrap_or_else(|| panic!("no {kind} span {name:?} of {service} in {names:#?}"))
+    };
+    let edge = find("gateway", "server", "POST /api/orders");
+    let placing = find("order", "server", "POST /orders");
+    let reserving = find("catalog", "consumer", "order.placed process");
+    let confirming = find("order", "consumer", "stock.reserved process");
+    let id = |span: &Value| span["span_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        edge["parent_span_id"], client_span,
+        "the gateway continues the client's trace"
+    );
+    assert_eq!(
+        placing["parent_span_id"],
+        id(&edge),
+        "order's request is the gateway's child"
+    );
+    assert!(
+        descends_from(&spans, &reserving, &id(&placing)),
+        "the catalog's handling of order.placed descends from the placing request: {names:#?}"
+    );
+    assert!(
+        descends_from(&spans, &confirming, &id(&reserving)),
+        "the order's handling of stock.reserved descends from the catalog's: {names:#?}"
+    );
+    for span in [&reserving, &confirming] {
+        assert_eq!(
+            span["attributes"]["messaging.message.conversation_id"],
+            order_id
+        );
+    }
+    let listed: Value = client
+        .get(format!("{console}/api/traces?order_id={order_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["trace_id"] == trace_id),
+        "the trace is found by its order id: {listed}"
+    );
+
+    // The request's log lines carry the ids of the span they were logged in.
+    platform.stop().await;
+    request_lines_carry_their_span(&log, trace_id, &[&edge, &placing]);
+    drop(guard);
+}
