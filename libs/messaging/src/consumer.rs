@@ -496,7 +496,7 @@ impl Consumer<'_> {
             BatchAttempt::Shutdown => return Err(Stop::Shutdown),
             BatchAttempt::Failed(error) => {
                 for span in &spans {
-                    span.record("otel.status_code", "error");
+                    trace::failed(span);
                 }
                 drop(spans);
                 // Find the culprit: each event on its own, with its own failure count.
@@ -618,17 +618,15 @@ impl Consumer<'_> {
             "consume",
             otel.name = %format_args!("{} process", envelope.kind),
             otel.kind = "consumer",
-            otel.status_code = tracing::field::Empty,
             messaging.system = "rabbitmq",
             messaging.operation.type = "process",
             messaging.destination.name = %self.queue,
             messaging.message.id = %envelope.id,
             messaging.message.conversation_id = %envelope.correlation_id,
         );
-        trace::continue_from(
-            &span,
-            trace::parent_from_traceparent(envelope.traceparent.as_deref()),
-        );
+        trace::continue_from(&span, || {
+            trace::parent_from_traceparent(envelope.traceparent.as_deref())
+        });
         span
     }
 

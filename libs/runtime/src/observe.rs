@@ -87,10 +87,8 @@ pub async fn request(
             route = %route,
             otel.name = %format_args!("{method} {route}"),
             otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
         );
-        crate::trace::continue_from(&span, crate::trace::parent_from_actix(request.headers()));
+        crate::trace::continue_from(&span, || crate::trace::parent_from_actix(request.headers()));
         span
     };
 
@@ -102,10 +100,7 @@ pub async fn request(
     };
     let latency = started.elapsed();
     let latency_ms = latency.as_secs_f64() * 1000.0;
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "error");
-    }
+    crate::trace::http_status(&span, status.as_u16());
     span.in_scope(|| {
         let failure = match &outcome {
             Ok(response) => response.response().error().map(ToString::to_string),

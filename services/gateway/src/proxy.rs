@@ -22,6 +22,8 @@ use crate::{
     state::Gateway,
 };
 
+use dockyard_runtime::trace::Traced;
+
 const SUBJECT: HeaderName = HeaderName::from_static(dockyard_runtime::identity::SUBJECT_HEADER);
 const SCOPES: HeaderName = HeaderName::from_static(dockyard_runtime::identity::SCOPES_HEADER);
 
@@ -31,6 +33,7 @@ pub async fn forward(
     request: Request<Incoming>,
     peer: &Peer,
     request_id: &str,
+    traced: &Traced,
 ) -> Result<Response<server::Body>, Problem> {
     let gateway: &Gateway = &worker.shared.gateway;
     let (parts, body) = request.into_parts();
@@ -39,10 +42,7 @@ pub async fn forward(
     let Some((route, rest)) = gateway.routes.find(&path) else {
         return Err(no_route());
     };
-    dockyard_runtime::trace::rename(
-        &tracing::Span::current(),
-        format!("{} {}", parts.method, route.prefix),
-    );
+    traced.rename(format!("{} {}", parts.method, route.prefix));
     if gateway.internal_paths.contains(rest) {
         return Err(no_route());
     }
@@ -87,6 +87,7 @@ pub async fn forward(
             request_id,
             identity.as_ref(),
             gateway.auth.is_some(),
+            traced,
         ),
         path: rest,
         query: parts.uri.query().unwrap_or(""),
@@ -107,6 +108,7 @@ fn outgoing_headers(
     request_id: &str,
     identity: Option<&Identity>,
     token_consumed: bool,
+    traced: &Traced,
 ) -> HeaderMap {
     let mut outgoing = headers::request_headers(&parts.headers, trusted_peer, token_consumed);
     if let Some(identity) = identity {
@@ -126,7 +128,7 @@ fn outgoing_headers(
     );
     // The upstream continues this request's span (the client's trace context, if any, is its
     // parent); without a span (spans filtered out) the client's context passes as it came.
-    dockyard_runtime::trace::inject_http(&tracing::Span::current(), &mut outgoing);
+    traced.inject_http(&mut outgoing);
     outgoing
 }
 

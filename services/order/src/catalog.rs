@@ -163,7 +163,6 @@ impl CatalogClient {
             "pricing",
             otel.name = "GET /products",
             otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
             server.address = self.base.host_str().unwrap_or_default(),
         );
         let mut headers = reqwest::header::HeaderMap::new();
@@ -193,7 +192,7 @@ impl CatalogClient {
             }
             Err(error) => {
                 permit.failure(now);
-                span.record("otel.status_code", "error");
+                dockyard_runtime::trace::failed(&span);
                 Err(error)
             }
         }
