@@ -17,42 +17,16 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use dockyard_gateway_admin::{
+    ActivePool, BreakerState, EndpointState, PoolKind, StablePool, Upstreams,
+};
+
 use crate::config::ConsoleConfig;
 
 /// Points of history kept (at the default interval of 1 s: two and a half minutes).
 pub const HISTORY: usize = 150;
 /// How long one poll of the gateway or of an instance may take.
 const POLL_TIMEOUT: Duration = Duration::from_millis(800);
-
-// The gateway's admin API, as far as the console reads it.
-#[derive(Debug, Clone, Deserialize)]
-struct Upstreams {
-    routes: Vec<RouteView>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RouteView {
-    route: String,
-    prefix: String,
-    active: String,
-    canary_weight: Option<u8>,
-    pools: Vec<PoolView>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct PoolView {
-    pool: String,
-    active: bool,
-    breaker: String,
-    endpoints: Vec<EndpointView>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct EndpointView {
-    url: String,
-    state: String,
-    in_flight: u64,
-}
 
 /// Recent values, oldest first, at most [`HISTORY`].
 #[derive(Debug, Clone, Default, Serialize)]
@@ -74,12 +48,32 @@ pub struct InstanceHistory {
     pub p99_ms: Series,
 }
 
+/// What the console knows of an instance: the gateway's view, or nothing while the gateway
+/// does not answer (shown as `unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum InstanceState {
+    Reported(EndpointState),
+    Unknown(Unknown),
+}
+
+/// Serialises as `"unknown"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unknown {
+    Unknown,
+}
+
+impl InstanceState {
+    pub const UNKNOWN: Self = Self::Unknown(Unknown::Unknown);
+}
+
 /// An instance card.
 #[derive(Debug, Clone, Serialize)]
 pub struct Instance {
     pub url: String,
-    pub state: String,
-    pub in_flight: u64,
+    pub state: InstanceState,
+    pub in_flight: usize,
     pub rps: Option<f64>,
     pub error_rate: Option<f64>,
     pub p50_ms: Option<f64>,
@@ -89,9 +83,9 @@ pub struct Instance {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pool {
-    pub pool: String,
+    pub pool: PoolKind,
     pub active: bool,
-    pub breaker: String,
+    pub breaker: BreakerState,
     pub instances: Vec<Instance>,
 }
 
@@ -100,7 +94,7 @@ pub struct Pool {
 pub struct Route {
     pub route: String,
     pub prefix: String,
-    pub active: String,
+    pub active: PoolKind,
     pub canary_weight: Option<u8>,
     pub has_green: bool,
     pub pools: Vec<Pool>,
@@ -154,12 +148,14 @@ struct Reading {
     buckets: Vec<(f64, f64)>,
 }
 
+/// An instance of a route's pool: (route, pool, url).
+type InstanceKey = (String, PoolKind, String);
+
 /// What the observer keeps between polls.
 #[derive(Debug, Default)]
 struct Memory {
-    /// Per (route, pool, url).
-    readings: HashMap<(String, String, String), Reading>,
-    histories: HashMap<(String, String, String), InstanceHistory>,
+    readings: HashMap<InstanceKey, Reading>,
+    histories: HashMap<InstanceKey, InstanceHistory>,
     /// The service each instance said it is (`/health/live`), by URL.
     services: HashMap<String, String>,
     confirmed_before: Option<(Instant, u64)>,
@@ -177,6 +173,25 @@ pub struct Observer {
     http: reqwest::Client,
     latest: Arc<RwLock<Overview>>,
     memory: Arc<tokio::sync::Mutex<Memory>>,
+}
+
+/// A release change, as the page asks for it.
+#[derive(Debug, Clone, Copy)]
+pub enum Change {
+    /// The canary's share of clients, in percent (0 to 100).
+    CanaryWeight(u8),
+    /// Switch to the blue or the green pool.
+    Active(StablePool),
+}
+
+impl Change {
+    /// The admin API's resource under `/upstreams/{route}/`.
+    fn resource(self) -> &'static str {
+        match self {
+            Self::CanaryWeight(_) => "canary",
+            Self::Active(_) => "active",
+        }
+    }
 }
 
 /// What the gateway's admin API answered to a change.
@@ -285,7 +300,7 @@ impl Observer {
                 .map(|mut route| {
                     for pool in &mut route.pools {
                         for instance in &mut pool.instances {
-                            "unknown".clone_into(&mut instance.state);
+                            instance.state = InstanceState::UNKNOWN;
                         }
                     }
                     route
@@ -351,7 +366,7 @@ impl Observer {
             .routes
             .into_iter()
             .map(|route| {
-                let has_green = route.pools.iter().any(|p| p.pool == "green");
+                let has_green = route.pools.iter().any(|p| p.pool == PoolKind::Green);
                 let pools = route
                     .pools
                     .into_iter()
@@ -360,8 +375,7 @@ impl Observer {
                             .endpoints
                             .into_iter()
                             .map(|endpoint| {
-                                let key =
-                                    (route.route.clone(), pool.pool.clone(), endpoint.url.clone());
+                                let key = (route.route.clone(), pool.pool, endpoint.url.clone());
                                 let reading = gateway
                                     .map(|g| reading_of(g, &key, now))
                                     .unwrap_or_default();
@@ -374,7 +388,7 @@ impl Observer {
                                 history.p99_ms.push(rates.p99_ms);
                                 Instance {
                                     url: endpoint.url,
-                                    state: endpoint.state,
+                                    state: InstanceState::Reported(endpoint.state),
                                     in_flight: endpoint.in_flight,
                                     rps: rates.rps,
                                     error_rate: rates.error_rate,
@@ -410,7 +424,7 @@ impl Observer {
             .iter()
             .flat_map(|r| r.pools.iter())
             .flat_map(|p| p.instances.iter())
-            .filter(|i| i.state != "unknown")
+            .filter(|i| i.state != InstanceState::UNKNOWN)
             .map(|i| i.url.clone())
             .collect();
         urls.sort();
@@ -486,14 +500,9 @@ impl Observer {
         Some((service, scrape))
     }
 
-    /// Changes a route's canary weight or active pool through the gateway's admin API
-    /// (`PUT /upstreams/{route}/{what}` with `body`), then polls at once and returns the route.
-    pub async fn change(
-        &self,
-        route: &str,
-        what: &str,
-        body: serde_json::Value,
-    ) -> Result<Option<Route>, ChangeError> {
+    /// Applies `change` to `route` through the gateway's admin API, then polls at once and
+    /// returns the route.
+    pub async fn change(&self, route: &str, change: Change) -> Result<Option<Route>, ChangeError> {
         if self.config.admin_token.is_none() {
             return Err(ChangeError::NoToken);
         }
@@ -502,10 +511,13 @@ impl Observer {
             .expect("an http URL has a path")
             .pop_if_empty()
             .push(route)
-            .push(what);
-        let response = self
-            .authorized(self.http.put(url))
-            .json(&body)
+            .push(change.resource());
+        let request = self.authorized(self.http.put(url));
+        let request = match change {
+            Change::CanaryWeight(weight) => request.json(&serde_json::json!({ "weight": weight })),
+            Change::Active(pool) => request.json(&ActivePool { pool }),
+        };
+        let response = request
             .send()
             .await
             .map_err(|e| ChangeError::Unreachable(e.to_string()))?;
@@ -595,11 +607,7 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
 }
 
 /// The gateway's counters for one instance of a pool.
-fn reading_of(
-    scrape: &Scrape,
-    (route, pool, url): &(String, String, String),
-    now: Instant,
-) -> Reading {
+fn reading_of(scrape: &Scrape, (route, pool, url): &InstanceKey, now: Instant) -> Reading {
     let of_instance = |sample: &&Sample| {
         sample.labels.get("route") == Some(route.as_str())
             && sample.labels.get("pool") == Some(pool.as_str())
@@ -685,11 +693,7 @@ dockyard_gateway_upstream_attempt_duration_seconds_count{route="catalog",pool="b
 
     #[test]
     fn rates_and_percentiles_come_from_the_difference_of_two_polls() {
-        let key = (
-            "catalog".to_owned(),
-            "blue".to_owned(),
-            "http://a".to_owned(),
-        );
+        let key = ("catalog".to_owned(), PoolKind::Blue, "http://a".to_owned());
         let start = Instant::now();
         let before = Reading {
             at: Some(start),
@@ -712,7 +716,7 @@ dockyard_gateway_upstream_attempt_duration_seconds_count{route="catalog",pool="b
         );
         let other = reading_of(
             &scrape(GATEWAY),
-            &("catalog".into(), "blue".into(), "http://b".into()),
+            &("catalog".into(), PoolKind::Blue, "http://b".into()),
             start,
         );
         assert_eq!((other.attempts, other.buckets.len()), (5.0, 0));

@@ -17,12 +17,17 @@ use actix_web::{
     http::{StatusCode, header},
     web,
 };
-use dockyard_runtime::{observe::RoutinePaths, problem::Problem};
+use dockyard_runtime::{
+    observe::RoutinePaths,
+    problem::{FieldError, Problem},
+};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
+use dockyard_gateway_admin::ActivePool;
+
 use crate::{
-    observer::{ChangeError, Observer},
+    observer::{Change, ChangeError, Observer},
     traces::{Encoding, TraceStore, decode},
 };
 
@@ -101,58 +106,35 @@ struct CanaryBody {
     weight: u8,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActiveBody {
-    pool: String,
-}
-
 async fn set_canary(
     console: web::Data<Console>,
     route: web::Path<String>,
     body: web::Json<CanaryBody>,
 ) -> Result<HttpResponse, Problem> {
     if body.weight > 100 {
-        return Err(Problem::bad_request("weight: a percentage, 0 to 100"));
+        return Err(Problem::validation(&[FieldError::new(
+            "weight",
+            "a percentage, 0 to 100",
+        )]));
     }
-    change(
-        &console,
-        &route,
-        "canary",
-        serde_json::json!({"weight": body.weight}),
-    )
-    .await
+    change(&console, &route, Change::CanaryWeight(body.weight)).await
 }
 
 async fn set_active(
     console: web::Data<Console>,
     route: web::Path<String>,
-    body: web::Json<ActiveBody>,
+    body: web::Json<ActivePool>,
 ) -> Result<HttpResponse, Problem> {
-    if !matches!(body.pool.as_str(), "blue" | "green") {
-        return Err(Problem::bad_request("pool: `blue` or `green`"));
-    }
-    change(
-        &console,
-        &route,
-        "active",
-        serde_json::json!({"pool": body.pool}),
-    )
-    .await
+    change(&console, &route, Change::Active(body.pool)).await
 }
 
 /// Runs a change on the main runtime (its HTTP client outlives actix's workers).
-async fn change(
-    console: &Console,
-    route: &str,
-    what: &'static str,
-    body: serde_json::Value,
-) -> Result<HttpResponse, Problem> {
+async fn change(console: &Console, route: &str, change: Change) -> Result<HttpResponse, Problem> {
     let observer = console.observer.clone();
     let route_name = route.to_owned();
     let outcome = console
         .observer
-        .on_main(async move { observer.change(&route_name, what, body).await })
+        .on_main(async move { observer.change(&route_name, change).await })
         .await;
     match outcome {
         Ok(Some(route)) => Ok(HttpResponse::Ok().json(route)),

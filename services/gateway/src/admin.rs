@@ -30,14 +30,16 @@ use dockyard_runtime::{
     openapi::{self, ProblemSchema, method_not_allowed},
     problem::{self, FieldError, Problem},
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::{
-    config::AdminConfig, pool::PoolKind, routes::Route, service::ChangeError, state::Gateway,
+use dockyard_gateway_admin::{
+    ActivePool, BreakerState, EndpointView, PoolKind, PoolView, RouteView, Upstreams,
 };
+
+use crate::{config::AdminConfig, routes::Route, service::ChangeError, state::Gateway};
 
 /// The token's digest; what requests are compared against (`None`: the admin API is off).
 struct TokenDigest(Option<[u8; 32]>);
@@ -142,62 +144,6 @@ async fn render_metrics(metrics: web::Data<Metrics>) -> HttpResponse {
         .body(metrics.render())
 }
 
-/// Every route of the gateway.
-#[derive(Debug, Serialize, ToSchema)]
-struct Upstreams {
-    routes: Vec<RouteView>,
-}
-
-/// A route: its prefix, its pools and the traffic split between them.
-#[derive(Debug, Serialize, ToSchema)]
-struct RouteView {
-    /// The route's name: the last segment of its prefix.
-    route: String,
-    prefix: String,
-    /// The stable pool taking traffic.
-    active: PoolKind,
-    /// The canary's share in percent; `null` without a canary pool.
-    #[schema(minimum = 0, maximum = 100)]
-    canary_weight: Option<u8>,
-    pools: Vec<PoolView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct PoolView {
-    pool: PoolKind,
-    active: bool,
-    /// The configured URLs; a hostname stands for every address it resolves to.
-    targets: Vec<String>,
-    breaker: BreakerState,
-    endpoints: Vec<EndpointView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-enum BreakerState {
-    Closed,
-    HalfOpen,
-    Open,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct EndpointView {
-    url: String,
-    state: EndpointState,
-    in_flight: usize,
-}
-
-/// `pending` (not checked yet), `healthy`, `unhealthy` (failed its check) or `ejected`
-/// (passive health).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-enum EndpointState {
-    Pending,
-    Healthy,
-    Unhealthy,
-    Ejected,
-}
-
 fn view(route: &Route) -> RouteView {
     let service = &route.service;
     let now = Instant::now();
@@ -221,12 +167,7 @@ fn view(route: &Route) -> RouteView {
                 .iter()
                 .map(|e| EndpointView {
                     url: e.base().to_owned(),
-                    state: match e.state(now) {
-                        "ejected" => EndpointState::Ejected,
-                        "healthy" => EndpointState::Healthy,
-                        "unhealthy" => EndpointState::Unhealthy,
-                        _ => EndpointState::Pending,
-                    },
+                    state: e.state(now),
                     in_flight: e.in_flight(),
                 })
                 .collect(),
@@ -318,20 +259,6 @@ async fn set_canary(
     Ok(HttpResponse::Ok().json(view(route)))
 }
 
-/// A stable pool.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-enum StablePool {
-    Blue,
-    Green,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ActivePool {
-    pool: StablePool,
-}
-
 /// Switches the route's traffic to its blue or its green pool, at once.
 #[utoipa::path(
     put, path = "/upstreams/{route}/active", tag = "upstreams",
@@ -356,10 +283,7 @@ async fn switch(
     body: web::Json<ActivePool>,
 ) -> Result<HttpResponse, Problem> {
     let route = route(&gateway, &name)?;
-    let to = match body.pool {
-        StablePool::Blue => PoolKind::Blue,
-        StablePool::Green => PoolKind::Green,
-    };
+    let to = PoolKind::from(body.pool);
     let before = route.service.active().kind().as_str();
     route.service.switch(to).map_err(|e| refused(&e))?;
     tracing::info!(route = %name, from = before, to = to.as_str(), "active pool switched");

@@ -27,31 +27,12 @@ use std::{
 use dockyard_resilience::{BreakerConfig, CircuitBreaker};
 use url::Url;
 
+use dockyard_gateway_admin::EndpointState;
+
 use crate::metrics::{EndpointLabels, EndpointMetrics, GatewayMetrics, Outcome};
 
-/// Which pool of a route a list of URLs describes. The admin API shows it by name
-/// (`blue`, `green`, `canary`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[schema(as = PoolName)]
-pub enum PoolKind {
-    /// The stable pool (`ROUTES`), active unless green is.
-    Blue,
-    /// The other stable pool for blue-green releases (`GREEN_ROUTES`).
-    Green,
-    /// A new version taking a share of the traffic (`CANARY_ROUTES`).
-    Canary,
-}
-
-impl PoolKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Blue => "blue",
-            Self::Green => "green",
-            Self::Canary => "canary",
-        }
-    }
-}
+/// Which pool of a route a list of URLs describes (defined with the admin API, which shows it).
+pub use dockyard_gateway_admin::PoolKind;
 
 /// How passive health (outlier ejection) behaves.
 #[derive(Debug, Clone)]
@@ -76,14 +57,6 @@ impl Checked {
             1 => Self::Healthy,
             2 => Self::Unhealthy,
             _ => Self::Pending,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Healthy => "healthy",
-            Self::Unhealthy => "unhealthy",
         }
     }
 }
@@ -221,11 +194,15 @@ impl Endpoint {
     }
 
     /// A one-word summary for the admin API.
-    pub fn state(&self, now: Instant) -> &'static str {
+    pub fn state(&self, now: Instant) -> EndpointState {
         if self.is_ejected(now) {
-            "ejected"
+            EndpointState::Ejected
         } else {
-            self.checked().as_str()
+            match self.checked() {
+                Checked::Pending => EndpointState::Pending,
+                Checked::Healthy => EndpointState::Healthy,
+                Checked::Unhealthy => EndpointState::Unhealthy,
+            }
         }
     }
 }

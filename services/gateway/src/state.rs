@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dockyard_gateway_admin::EndpointState;
 use dockyard_resilience::{RetryBudget, State};
 
 use crate::{
@@ -132,14 +133,14 @@ impl Gateway {
                         .set(i64::from(active));
                 }
                 let endpoints = pool.endpoints();
-                for state in ["healthy", "pending", "unhealthy", "ejected"] {
+                for state in EndpointState::ALL {
                     let count = endpoints.iter().filter(|e| e.state(now) == state).count();
                     self.metrics
                         .endpoints
                         .get_or_create(&StateLabels {
                             route: name.clone(),
                             pool: pool_name.clone(),
-                            state,
+                            state: state.as_str(),
                         })
                         .set(i64::try_from(count).unwrap_or(i64::MAX));
                 }
