@@ -1,7 +1,8 @@
 //! The catalog's read path against its ceiling: `GET /products/{id}` on one catalog instance
-//! (release build, 2 HTTP workers) driven by `wrk -t2 -c32`, and `pgbench -S -c32 -j2` (the
-//! same kind of single-row primary-key read, with no HTTP at all) on the same PostgreSQL, in
-//! one run. Prints both rates and their ratio (`bench/catalog.sh`).
+//! (release build, 2 HTTP workers) driven by `wrk -t2 -c32`, each request for one of
+//! `--products` products at random (a wrk script), and `pgbench -S -c32 -j2` (the same kind of
+//! single-row primary-key read of a random account, with no HTTP at all) on the same
+//! PostgreSQL, in one run. Prints both rates and their ratio (`bench/catalog.sh`).
 
 use std::{path::PathBuf, process::Command};
 
@@ -15,6 +16,9 @@ pub struct Options {
     pub seconds: u64,
     pub connections: usize,
     pub http_workers: usize,
+    /// Products created; each request reads one of them at random (as `pgbench -S` reads a
+    /// random account).
+    pub products: usize,
     pub bin_dir: PathBuf,
 }
 
@@ -42,13 +46,34 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
     let catalog = platform
         .url_of("catalog-1")
         .context("no catalog instance")?;
-    let ids = products::create(&format!("{catalog}/products"), "Read", 1, 250, 10, None).await?;
-    let id = ids.first().context("a product id")?;
-    let url = format!("{catalog}/products/{id}");
+    let ids = products::create(
+        &format!("{catalog}/products"),
+        "Read",
+        options.products.max(1),
+        250,
+        10,
+        None,
+    )
+    .await?;
+    // Each request reads a product at random, from a wrk script listing them.
+    let script = std::env::temp_dir().join(format!("{}.lua", sandbox.exchange));
+    std::fs::write(&script, wrk_script(&ids))?;
+    let script = script.to_string_lossy().into_owned();
+    let url = catalog.clone();
     let connections = options.connections.to_string();
     let duration = format!("{}s", options.seconds);
     // Warm-up: pools filled, caches hot.
-    output("wrk", &["-t2", &format!("-c{connections}"), "-d2s", &url])?;
+    output(
+        "wrk",
+        &[
+            "-t2",
+            &format!("-c{connections}"),
+            "-d2s",
+            "-s",
+            &script,
+            &url,
+        ],
+    )?;
     let wrk = output(
         "wrk",
         &[
@@ -56,6 +81,8 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
             &format!("-c{connections}"),
             &format!("-d{duration}"),
             "--latency",
+            "-s",
+            &script,
             &url,
         ],
     )?;
@@ -65,6 +92,7 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
         .find_map(|line| line.trim().strip_prefix("99%"))
         .map_or_else(|| "?".to_owned(), |p| p.trim().to_owned());
     platform.stop().await;
+    let _ = std::fs::remove_file(&script);
 
     database::ensure(&sandbox.server_url, pgbench_db).await?;
     let pg_url = database::url_of(&sandbox.server_url, pgbench_db)?;
@@ -94,7 +122,10 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
     println!("{:<44} {:>12} {:>10}", "read", "per second", "p99");
     println!(
         "{:<44} {:>12.0} {:>10}",
-        format!("catalog GET /products/{{id}} (wrk -t2 -c{connections})"),
+        format!(
+            "catalog GET /products/{{id}} of {} (wrk -t2 -c{connections})",
+            ids.len()
+        ),
         http,
         http_p99
     );
@@ -106,6 +137,15 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
     );
     println!("ratio catalog / pgbench: {:.2}", http / tps);
     Ok(())
+}
+
+/// A wrk script whose every request reads one of `ids` at random.
+fn wrk_script(ids: &[String]) -> String {
+    let quoted: Vec<String> = ids.iter().map(|id| format!("\"{id}\"")).collect();
+    format!(
+        "ids = {{{}}}\nrequest = function()\n  return wrk.format(\"GET\", \"/products/\" .. ids[math.random(#ids)])\nend\n",
+        quoted.join(",")
+    )
 }
 
 /// Runs `program` to completion; its standard output.

@@ -83,6 +83,9 @@ enum Task {
         /// The catalog's `HTTP_WORKERS`.
         #[arg(long, default_value_t = 2)]
         http_workers: usize,
+        /// Products to read at random (pgbench -S reads 1,000,000 accounts at random).
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
         /// Where the service binaries are (default: target/release).
         #[arg(long)]
         bin_dir: Option<std::path::PathBuf>,
@@ -204,12 +207,14 @@ async fn main() -> ExitCode {
             seconds,
             connections,
             http_workers,
+            products,
             bin_dir,
         } => {
             let options = xtask::catalog_bench::Options {
                 seconds: seconds.max(1),
                 connections: connections.max(1),
                 http_workers: http_workers.max(1),
+                products,
                 bin_dir: bin_dir.unwrap_or_else(|| stack::bin_dir(true)),
             };
             let ran = xtask::catalog_bench::run(options).await;

@@ -35,6 +35,7 @@ impl From<StoreError> for Problem {
             ))
             .extension("current_etag", conditional::etag(current).to_string()),
             StoreError::Database(ref cause) => dockyard_runtime::database::problem(cause),
+            StoreError::SharedDatabase(ref cause) => dockyard_runtime::database::problem(cause),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Product persistence in PostgreSQL. Plain sqlx queries; optimistic concurrency by `version`.
 //! [`saga`] holds the stock side of the order saga.
 
+mod reads;
 pub mod saga;
 
 use anyhow::Context;
 use dockyard_runtime::database::{self, Database, DatabaseConfig};
 use serde::Serialize;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -66,17 +68,30 @@ pub enum StoreError {
     VersionMismatch { id: Uuid, current: i64 },
     #[error("database failure")]
     Database(#[from] sqlx::Error),
+    /// A failure shared by the reads one query answered together.
+    #[error("database failure")]
+    SharedDatabase(std::sync::Arc<sqlx::Error>),
 }
 
 /// Products in the database; cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct ProductStore {
     database: Database,
+    reads: reads::Reads,
 }
 
+/// Queries of coalesced single-product reads running at once ([`reads`]): one gives the
+/// largest batches, and measured no slower than two or four (`cargo xtask catalog-bench`,
+/// 2026-12-04: 24-26k req/s with one, 18-24k with two, 23-25k with four).
+const READS_IN_FLIGHT: usize = 1;
+
 impl ProductStore {
+    /// Call from the main runtime: the reader of single products runs there.
     pub fn new(database: Database) -> Self {
-        Self { database }
+        Self {
+            reads: reads::Reads::start(database.pool().clone(), READS_IN_FLIGHT),
+            database,
+        }
     }
 
     #[tracing::instrument(skip_all, fields(sku = product.sku.as_str()))]
@@ -129,15 +144,20 @@ impl ProductStore {
             .await
     }
 
+    /// The product `id`, read together with the other products asked for at the same time
+    /// ([`reads`]).
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
-        self.database
-            .run("SELECT products", move |pool| async move {
-                sqlx::query_as::<_, Product>("SELECT * FROM products WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&pool)
-                    .await
-            })
-            .await?
+        let span = tracing::info_span!(
+            "query",
+            otel.name = "SELECT products",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+        );
+        self.reads
+            .get(id)
+            .instrument(span)
+            .await
+            .map_err(StoreError::SharedDatabase)?
             .ok_or(StoreError::NotFound(id))
     }
 

@@ -501,3 +501,48 @@ async fn numbers_past_their_documented_limits_are_422() {
         "the limits themselves are fine"
     );
 }
+
+/// Reads asked for at once share queries: each still gets its own product, a missing one is a
+/// 404, and a product changed before a read is asked for is never seen older.
+#[tokio::test]
+async fn concurrent_reads_each_get_their_own_product_and_never_an_older_one() {
+    let app = spawn_app().await;
+    let mut created = Vec::new();
+    for n in 0..20 {
+        created.push(app.create_product(&format!("READ-{n}")).await.0);
+    }
+    let missing = uuid::Uuid::now_v7();
+    let reads = (0..200).map(|i| {
+        let path = match created.get(i % 21) {
+            Some(product) => format!("/products/{}", product["id"].as_str().unwrap()),
+            None => format!("/products/{missing}"),
+        };
+        let app = &app;
+        async move { (i % 21, app.get(&path).await) }
+    });
+    for (index, response) in futures_util::future::join_all(reads).await {
+        match created.get(index) {
+            Some(product) => {
+                assert_eq!(response.status(), 200);
+                assert_eq!(&response.json::<Value>().await.unwrap(), product);
+            }
+            None => {
+                assert_problem(response, 404).await;
+            }
+        }
+    }
+
+    // A change, then reads under load: none sees the version before the change.
+    let id = created[0]["id"].as_str().unwrap().to_owned();
+    let changed = app.patch(&id, Some("*"), &json!({"stock": 99})).await;
+    assert_eq!(changed.status(), 200);
+    let path = format!("/products/{id}");
+    let reads = (0..50).map(|_| app.get(&path));
+    for response in futures_util::future::join_all(reads).await {
+        let product: Value = response.json().await.unwrap();
+        assert_eq!(
+            (product["stock"].as_i64(), product["version"].as_i64()),
+            (Some(99), Some(2))
+        );
+    }
+}
