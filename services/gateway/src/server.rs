@@ -311,7 +311,7 @@ async fn accept(
 async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let request_id =
-        incoming_request_id(request.headers()).map_or_else(new_request_id, str::to_owned);
+        incoming_request_id(request.headers()).map_or_else(observe::new_request_id, str::to_owned);
     let method = request.method().clone();
     let shared = &worker.shared;
     let mut span = tracing::Span::none();
@@ -386,14 +386,6 @@ async fn serve(worker: &Worker, request: Request<Incoming>, peer: &Peer) -> Resp
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
-}
-
-/// A random (version 4) UUID from the worker's fast generator: request ids need to be unique,
-/// not unguessable, and the operating system's generator cost a system call per request.
-fn new_request_id() -> String {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-        .into_uuid()
-        .to_string()
 }
 
 /// The client's `X-Request-Id` when it is sane (printable ASCII, at most 128 bytes).
