@@ -1,40 +1,47 @@
 //! Header hygiene for a proxy (RFC 9110 §7.6): hop-by-hop headers stay on their hop, and the
 //! upstream learns who the client was through `X-Forwarded-*`.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+/// Headers that describe one connection, never forwarded; parsed once (a name given as text
+/// is parsed and hashed again at every lookup).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The `X-Forwarded-*` headers: believed only from a trusted proxy, else a client could
+/// claim any address.
+const FORWARDED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
 
 /// Whether `name` must not cross this hop: a fixed hop-by-hop header, or one the `Connection`
 /// header names.
-fn is_hop_by_hop(name: &str, connection: &[String]) -> bool {
-    HOP_BY_HOP.contains(&name) || connection.iter().any(|listed| listed == name)
+fn is_hop_by_hop(name: &HeaderName, connection: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name) || connection.contains(name)
 }
 
-fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+/// The header names a `Connection` header lists (none, usually).
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
         .collect()
 }
-
-/// The `X-Forwarded-*` headers: believed only from a trusted proxy, else a client could
-/// claim any address.
-const FORWARDED: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
 /// What the client sent, minus hop-by-hop headers, `Host` and `Content-Length` (the client
 /// library sets both for the new hop), minus `X-Forwarded-*` unless the peer is a trusted
@@ -48,13 +55,14 @@ pub fn request_headers(
     let connection = connection_tokens(incoming);
     let mut headers = HeaderMap::with_capacity(incoming.len() + 3);
     for (name, value) in incoming {
-        let lower = name.as_str();
-        if is_hop_by_hop(lower, &connection)
-            || lower == "host"
-            || lower == "content-length"
-            || (!trusted_peer && FORWARDED.contains(&lower))
-            || lower.starts_with(dockyard_runtime::identity::HEADER_PREFIX)
-            || (strip_authorization && lower == "authorization")
+        if is_hop_by_hop(name, &connection)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || (!trusted_peer && FORWARDED.contains(name))
+            || name
+                .as_str()
+                .starts_with(dockyard_runtime::identity::HEADER_PREFIX)
+            || (strip_authorization && name == header::AUTHORIZATION)
         {
             continue;
         }
@@ -73,7 +81,7 @@ pub fn add_forwarded(
     request_id: Option<&str>,
 ) {
     if let Some(ip) = client_ip {
-        let chain = match headers.get("x-forwarded-for") {
+        let chain = match headers.get(&X_FORWARDED_FOR) {
             Some(earlier) => {
                 let mut chain = Vec::with_capacity(earlier.len() + 2 + ip.len());
                 chain.extend_from_slice(earlier.as_bytes());
@@ -84,26 +92,27 @@ pub fn add_forwarded(
             None => Some(ip.clone()),
         };
         if let Some(chain) = chain {
-            headers.insert("x-forwarded-for", chain);
+            headers.insert(X_FORWARDED_FOR, chain);
         }
     }
-    headers.insert("x-forwarded-proto", proto);
+    headers.insert(X_FORWARDED_PROTO, proto);
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     if let Some(value) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        headers.insert("x-request-id", value);
+        headers.insert(X_REQUEST_ID, value);
     }
 }
 
 /// Removes an upstream response's hop-by-hop headers (and those its `Connection` names).
+/// Most responses have none: one pass over their few headers finds that, instead of a lookup
+/// per hop-by-hop name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return; // no Connection header either, so nothing it could list
+    }
     let connection = connection_tokens(headers);
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(connection.iter().map(String::as_str))
-    {
+    for name in HOP_BY_HOP.iter().chain(&connection) {
         headers.remove(name);
     }
 }
@@ -151,6 +160,37 @@ mod tests {
         assert!(
             !trusted.contains_key("x-identity-subject"),
             "never from a client"
+        );
+    }
+
+    #[test]
+    fn a_response_loses_its_hop_by_hop_headers_and_those_its_connection_lists() {
+        let mut response = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("connection", "Keep-Alive, X-Upstream-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-upstream-hop", "1"),
+            ("x-kept", "2"),
+        ] {
+            response.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut response);
+        let mut names: Vec<_> = response.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-kept"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        plain.insert("x-upstream-hop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(
+            plain.len(),
+            2,
+            "nothing to strip without a Connection header"
         );
     }
 
