@@ -208,9 +208,18 @@ impl<'a> FormatFields<'a> for JsonWithoutOtelFields {
 /// A field visitor passing on every field but the `otel.*` ones.
 struct WithoutOtel<V>(V);
 
+/// Span attributes that are the same on every span of their kind (semantic conventions for
+/// the trace view), left out of log lines like the `otel.*` fields.
+const CONSTANT_ATTRIBUTES: [&str; 3] = [
+    "messaging.system",
+    "messaging.operation.type",
+    "db.system.name",
+];
+
 impl<V> WithoutOtel<V> {
     fn shown(field: &tracing::field::Field) -> bool {
-        !field.name().starts_with("otel.")
+        let name = field.name();
+        !name.starts_with("otel.") && !CONSTANT_ATTRIBUTES.contains(&name)
     }
 }
 
@@ -385,12 +394,14 @@ mod tests {
                 route = %"/products",
                 otel.name = "GET /products",
                 otel.kind = "server",
+                db.system.name = "postgresql",
             );
             let _entered = span.enter();
             tracing::info!(status = 200, otel.status_code = "ok", "request completed");
         });
         let line = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert!(!line.contains("otel."), "{line}");
+        assert!(!line.contains("db.system"), "{line}");
         for kept in [
             "request{request_id=\"r-1\" route=/products}",
             "request completed status=200",
