@@ -343,19 +343,29 @@ mod tests {
         }
     }
 
+    /// What `log` writes through the subscriber `make` builds on a buffer.
+    fn written<S>(make: impl FnOnce(Buffer) -> S, log: impl FnOnce()) -> String
+    where
+        S: tracing::Subscriber + Send + Sync + 'static,
+    {
+        let buffer = Buffer::default();
+        tracing::subscriber::with_default(make(buffer.clone()), log);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
     #[test]
     fn json_lines_leave_out_the_otel_fields_and_merge_fields_recorded_later() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .fmt_fields(JsonWithoutOtelFields)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let json = |buffer: Buffer| {
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .fmt_fields(JsonWithoutOtelFields)
+                .with_writer(move || buffer.clone())
+                .finish()
+        };
+        let text = written(json, || {
             let span = tracing::info_span!(
                 "request",
                 request_id = "r-1",
@@ -368,7 +378,6 @@ mod tests {
             span.record("order.id", 7_u64);
             tracing::info!(status = 202, "request completed");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(line["status"], 202);
         assert_eq!(
@@ -380,14 +389,14 @@ mod tests {
 
     #[test]
     fn pretty_lines_leave_out_the_otel_fields_and_keep_the_others() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .fmt_fields(WithoutOtelFields)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let pretty = |buffer: Buffer| {
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .fmt_fields(WithoutOtelFields)
+                .with_writer(move || buffer.clone())
+                .finish()
+        };
+        let line = written(pretty, || {
             let span = tracing::info_span!(
                 "request",
                 request_id = "r-1",
@@ -399,7 +408,6 @@ mod tests {
             let _entered = span.enter();
             tracing::info!(status = 200, otel.status_code = "ok", "request completed");
         });
-        let line = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert!(!line.contains("otel."), "{line}");
         assert!(!line.contains("db.system"), "{line}");
         for kept in [

@@ -115,8 +115,14 @@ async fn served_products(instance: &str) -> f64 {
         .sum()
 }
 
-/// gateway → order → catalog, and the saga confirms the order; returns the product.
-async fn order_is_confirmed(platform: &stack::Stack) -> String {
+/// A new customer places an order of `quantity` of the first product through the gateway,
+/// with the client's `traceparent` if given; returns the customer's token, the product and
+/// the order's id.
+async fn place_order(
+    platform: &stack::Stack,
+    quantity: u32,
+    traceparent: Option<&str>,
+) -> (String, String, String) {
     let gateway = &platform.gateway_url;
     let customer = uuid::Uuid::now_v7();
     let token = platform.token(&customer.to_string(), &[]).unwrap();
@@ -130,20 +136,31 @@ async fn order_is_confirmed(platform: &stack::Stack) -> String {
         .await
         .unwrap();
     let product = page["items"][0]["id"].as_str().unwrap().to_owned();
-    let placed = client
+    let mut request = client
         .post(format!("{gateway}/api/orders/orders"))
         .bearer_auth(&token)
-        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
-        .json(&json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 2}]}))
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string());
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let placed = request
+        .json(&json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": quantity}]}))
         .send()
         .await
         .unwrap();
     assert_eq!(placed.status(), 202);
-    let order: Value = placed.json().await.unwrap();
-    let order_url = format!(
-        "{gateway}/api/orders/orders/{}",
-        order["id"].as_str().unwrap()
-    );
+    let order = placed.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (token, product, order)
+}
+
+/// gateway → order → catalog, and the saga confirms the order; returns the product.
+async fn order_is_confirmed(platform: &stack::Stack) -> String {
+    let (token, product, order) = place_order(platform, 2, None).await;
+    let client = reqwest::Client::new();
+    let order_url = format!("{}/api/orders/orders/{order}", platform.gateway_url);
     let mut status = Value::Null;
     for _ in 0..150 {
         let seen: Value = client
@@ -504,37 +521,6 @@ fn request_lines_carry_their_span(log: &std::path::Path, trace_id: &str, spans: 
     }
 }
 
-/// Places an order through the gateway in the client's trace `traceparent`; returns its id.
-async fn place_traced_order(platform: &stack::Stack, traceparent: &str) -> String {
-    let gateway = &platform.gateway_url;
-    let customer = uuid::Uuid::now_v7();
-    let token = platform.token(&customer.to_string(), &[]).unwrap();
-    let client = reqwest::Client::new();
-    let page: Value = client
-        .get(format!("{gateway}/api/catalog/products?limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let product = page["items"][0]["id"].as_str().unwrap().to_owned();
-    let placed = client
-        .post(format!("{gateway}/api/orders/orders"))
-        .bearer_auth(&token)
-        .header("traceparent", traceparent)
-        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
-        .json(&json!({"customer_id": customer, "lines": [{"product_id": product, "quantity": 1}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 202);
-    placed.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// One order's trace, exported over OTLP/HTTP to the console (a real receiver: it decodes the
 /// protobuf export requests), runs gateway → order → order.placed → catalog → stock.reserved →
 /// order, each hop the child of the one before, across the broker; the JSON log lines of the
@@ -551,7 +537,8 @@ async fn one_orders_trace_crosses_the_gateway_the_services_and_the_broker() {
     let console = platform.console_url.clone().unwrap();
     // The client's own trace: everything below continues it.
     let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
-    let order_id = place_traced_order(&platform, &format!("00-{trace_id}-{client_span}-01")).await;
+    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let (_, _, order_id) = place_order(&platform, 1, Some(&traceparent)).await;
     let client = reqwest::Client::new();
 
     let of = |spans: &[Value], service: &str, kind: &str, name: &str| -> Option<Value> {
