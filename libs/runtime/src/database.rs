@@ -116,11 +116,10 @@ impl Database {
         Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'static,
         T: Send + 'static,
     {
-        match self.runtime.spawn(work).await {
-            Ok(result) => result,
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(_) => Err(sqlx::Error::PoolClosed), // the main runtime is shutting down
-        }
+        // `None`: the main runtime is shutting down.
+        crate::main_runtime::run_on(&self.runtime, work)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolClosed))
     }
 
     /// `SELECT 1` on the main runtime, without a span (readiness checks run every few seconds).

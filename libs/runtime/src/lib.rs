@@ -13,6 +13,7 @@
 //! - [`observe`]: per-request middleware: `X-Request-Id`, the request's span (continuing the
 //!   caller's trace), one log event and RED metrics per request.
 //! - [`trace`]: distributed tracing: OpenTelemetry spans, W3C trace context in and out, OTLP export.
+//! - [`main_runtime`]: running backing-service I/O on the main runtime, which outlives actix's workers.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`health`]: `/health/live` and `/health/ready`, and the draining flag shutdown flips.
 //! - [`identity`]: the caller the gateway vouches for (`X-Identity-*` headers, `REQUIRE_IDENTITY`).
@@ -33,6 +34,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod id;
 pub mod identity;
+pub mod main_runtime;
 pub mod metrics;
 pub mod number;
 pub mod observe;

@@ -226,16 +226,12 @@ impl Observer {
         }
     }
 
-    /// Runs `work` on the main runtime and waits for it.
+    /// Runs `work` on the main runtime and waits for it; `None` while it shuts down.
     pub async fn on_main<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> T {
-        match self.runtime.spawn(work).await {
-            Ok(value) => value,
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(join) => panic!("the main runtime stopped: {join}"),
-        }
+    ) -> Option<T> {
+        dockyard_runtime::main_runtime::run_on(&self.runtime, work).await
     }
 
     /// The latest overview.

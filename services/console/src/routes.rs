@@ -135,7 +135,12 @@ async fn change(console: &Console, route: &str, change: Change) -> Result<HttpRe
     let outcome = console
         .observer
         .on_main(async move { observer.change(&route_name, change).await })
-        .await;
+        .await
+        .unwrap_or_else(|| {
+            Err(ChangeError::Unreachable(
+                "the console is stopping".to_owned(),
+            ))
+        });
     match outcome {
         Ok(Some(route)) => Ok(HttpResponse::Ok().json(route)),
         Ok(None) => Err(Problem::not_found(format!("no route {route}"))),

@@ -95,6 +95,11 @@ async fn serve() -> Served {
     }
 }
 
+/// The JSON a GET of `url` answers.
+async fn get_json(url: String) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// A tracer provider exporting to `endpoint` as `service`, the way the services export.
 fn exporter(endpoint: &str, service: &'static str) -> SdkTracerProvider {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -137,15 +142,7 @@ async fn spans_exported_over_otlp_http_come_back_as_one_trace_with_their_parents
     .await
     .unwrap();
 
-    let client = reqwest::Client::new();
-    let trace: Value = client
-        .get(format!("{}/api/traces/{trace_id}", console.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trace: Value = get_json(format!("{}/api/traces/{trace_id}", console.base)).await;
     let spans = trace["spans"].as_array().expect("a trace with spans");
     assert_eq!(spans.len(), 2, "{trace:#}");
     let span = |name: &str| spans.iter().find(|s| s["name"] == name).unwrap();
@@ -155,17 +152,11 @@ async fn spans_exported_over_otlp_http_come_back_as_one_trace_with_their_parents
     assert_eq!(span("order.placed process")["kind"], "consumer");
     assert_eq!(span("order.placed process")["parent_span_id"], parent_id);
 
-    let listed: Value = client
-        .get(format!(
-            "{}/api/traces?order_id=0196b3a0-aaaa",
-            console.base
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(format!(
+        "{}/api/traces?order_id=0196b3a0-aaaa",
+        console.base
+    ))
+    .await;
     assert_eq!(
         listed["traces"][0]["trace_id"],
         trace_id.as_str(),
@@ -228,14 +219,7 @@ async fn a_bad_export_or_query_is_a_4xx_problem_and_an_unreachable_gateway_is_re
 
     let mut overview = Value::Null;
     for _ in 0..50 {
-        overview = client
-            .get(format!("{}/api/overview", console.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        overview = get_json(format!("{}/api/overview", console.base)).await;
         if overview["gateway"]["error"].is_string() {
             break;
         }

@@ -127,14 +127,7 @@ async fn place_order(
     let customer = uuid::Uuid::now_v7();
     let token = platform.token(&customer.to_string(), &[]).unwrap();
     let client = reqwest::Client::new();
-    let page: Value = client
-        .get(format!("{gateway}/api/catalog/products?limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = get_json(format!("{gateway}/api/catalog/products?limit=1")).await;
     let product = page["items"][0]["id"].as_str().unwrap().to_owned();
     let mut request = client
         .post(format!("{gateway}/api/orders/orders"))
@@ -482,6 +475,11 @@ async fn trace_from_console(
     spans
 }
 
+/// The JSON a GET of `url` answers.
+async fn get_json(url: String) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// Whether `ancestor` is `span`'s parent, or its parent's, and so on.
 fn descends_from(spans: &[Value], span: &Value, ancestor: &str) -> bool {
     let mut current = span;
@@ -539,7 +537,6 @@ async fn one_orders_trace_crosses_the_gateway_the_services_and_the_broker() {
     let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let traceparent = format!("00-{trace_id}-{client_span}-01");
     let (_, _, order_id) = place_order(&platform, 1, Some(&traceparent)).await;
-    let client = reqwest::Client::new();
 
     let of = |spans: &[Value], service: &str, kind: &str, name: &str| -> Option<Value> {
         spans
@@ -590,14 +587,7 @@ async fn one_orders_trace_crosses_the_gateway_the_services_and_the_broker() {
             order_id
         );
     }
-    let listed: Value = client
-        .get(format!("{console}/api/traces?order_id={order_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(format!("{console}/api/traces?order_id={order_id}")).await;
     assert!(
         listed["traces"]
             .as_array()
