@@ -358,7 +358,7 @@ impl Observer {
         gateway: Option<&Scrape>,
         now: Instant,
     ) -> Vec<Route> {
-        upstreams
+        let routes: Vec<Route> = upstreams
             .routes
             .into_iter()
             .map(|route| {
@@ -411,7 +411,25 @@ impl Observer {
                     pools,
                 }
             })
-            .collect()
+            .collect();
+        // Instances the gateway no longer lists (scaled in, replaced) are forgotten, so the
+        // console's memory follows the platform instead of every instance it ever saw.
+        let listed: std::collections::HashSet<InstanceKey> = routes
+            .iter()
+            .flat_map(|r| {
+                r.pools.iter().flat_map(move |p| {
+                    p.instances
+                        .iter()
+                        .map(move |i| (r.route.clone(), p.pool, i.url.clone()))
+                })
+            })
+            .collect();
+        memory.readings.retain(|key, _| listed.contains(key));
+        memory.histories.retain(|key, _| listed.contains(key));
+        memory
+            .services
+            .retain(|url, _| listed.iter().any(|(_, _, listed)| listed == url));
+        routes
     }
 
     /// The saga's numbers from every instance's `/metrics`.
@@ -733,6 +751,41 @@ dockyard_gateway_upstream_attempt_duration_seconds_count{route="catalog",pool="b
         };
         assert!(Rates::between(&before, &now).rps.is_none());
         assert_eq!(quantile(&[(1.0, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
+    }
+
+    #[test]
+    fn an_instance_the_gateway_no_longer_lists_is_forgotten() {
+        let upstreams = |urls: &[&str]| -> Upstreams {
+            let endpoints: Vec<serde_json::Value> = urls
+                .iter()
+                .map(|url| serde_json::json!({"url": url, "state": "healthy", "in_flight": 0}))
+                .collect();
+            serde_json::from_value(serde_json::json!({"routes": [{"route": "catalog",
+                "prefix": "/api/catalog", "active": "blue", "canary_weight": null,
+                "pools": [{"pool": "blue", "active": true, "targets": [], "breaker": "closed",
+                    "endpoints": endpoints}]}]}))
+            .unwrap()
+        };
+        let mut memory = Memory::default();
+        let now = Instant::now();
+        memory
+            .services
+            .insert("http://b".to_owned(), "catalog".to_owned());
+        Observer::routes(&mut memory, upstreams(&["http://a", "http://b"]), None, now);
+        assert_eq!(memory.histories.len(), 2);
+        let routes = Observer::routes(&mut memory, upstreams(&["http://a"]), None, now);
+        assert_eq!(routes[0].pools[0].instances.len(), 1);
+        let kept: Vec<&str> = memory
+            .histories
+            .keys()
+            .map(|(_, _, url)| url.as_str())
+            .collect();
+        assert_eq!(kept, ["http://a"]);
+        assert_eq!(memory.readings.len(), 1);
+        assert!(
+            memory.services.is_empty(),
+            "http://b's service is forgotten too"
+        );
     }
 
     #[test]
