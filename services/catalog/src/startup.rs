@@ -54,7 +54,7 @@ impl Application {
         let store = ProductStore::new(database.clone());
         let identity = settings.identity;
         let server = server::bind(&settings.http, health, metrics, move |config| {
-            routes::configure(config, store.clone(), identity);
+            routes::configure(config, store.for_worker(), identity);
         })?;
         Ok(Self {
             server,

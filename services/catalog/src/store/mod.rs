@@ -80,17 +80,36 @@ pub struct ProductStore {
     reads: reads::Reads,
 }
 
-/// Queries of coalesced single-product reads running at once ([`reads`]): one gives the
-/// largest batches, and measured no slower than two or four (`cargo xtask catalog-bench`,
-/// 2026-12-04: 24-26k req/s with one, 18-24k with two, 23-25k with four).
-const READS_IN_FLIGHT: usize = 1;
+/// Queries of coalesced single-product reads running at once per reader ([`reads`]): one
+/// gives the largest batches, and measured no slower than two or four (`cargo xtask
+/// catalog-bench`, 2026-12-04, one reader on the main runtime: 24-26k req/s with one, 18-24k
+/// with two, 23-25k with four). A worker's reader needs as many connections.
+const READS_IN_FLIGHT: u32 = 1;
 
 impl ProductStore {
     /// Call from the main runtime: the reader of single products runs there.
     pub fn new(database: Database) -> Self {
         Self {
-            reads: reads::Reads::start(database.pool().clone(), READS_IN_FLIGHT),
+            reads: reads::Reads::start(database.pool().clone(), READS_IN_FLIGHT as usize),
             database,
+        }
+    }
+
+    /// This store with a reader of single products of its own, on the current runtime and with
+    /// connections opened there: call it on each HTTP worker. A read then never leaves the
+    /// worker's thread (no wake-up of another thread per request), and the worker's connections
+    /// live exactly as long as the worker, which ends only once its requests are answered, so
+    /// the drain guarantee holds without the hop to the main runtime.
+    #[must_use]
+    pub fn for_worker(&self) -> Self {
+        let shared = self.database.pool();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(READS_IN_FLIGHT)
+            .acquire_timeout(shared.options().get_acquire_timeout())
+            .connect_lazy_with((*shared.connect_options()).clone());
+        Self {
+            reads: reads::Reads::start(pool, READS_IN_FLIGHT as usize),
+            database: self.database.clone(),
         }
     }
 

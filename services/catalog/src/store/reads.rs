@@ -40,9 +40,10 @@ impl std::fmt::Debug for Read {
 }
 
 impl Reads {
-    /// Starts the reader on the current runtime (call from the main one: its connections must
-    /// outlive actix's workers), with at most `in_flight` queries at once. It stops when every
-    /// clone of the returned handle is gone.
+    /// Starts the reader on the current runtime, with at most `in_flight` queries at once.
+    /// `pool`'s connections must live as long as every caller may wait: a pool of its own
+    /// opened on the same runtime (an HTTP worker's), or one on the main runtime. It stops when
+    /// every clone of the returned handle is gone.
     pub fn start(pool: PgPool, in_flight: usize) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
         tokio::spawn(run(pool, requests, in_flight.max(1)));

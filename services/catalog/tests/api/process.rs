@@ -184,24 +184,32 @@ async fn wait_until_ready(port: u16) {
 }
 
 #[tokio::test]
-async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() {
-    // Arrange: a served catalog whose products table is locked, so a listing hangs in flight.
+async fn sigterm_turns_readiness_off_drains_the_in_flight_requests_and_exits_0() {
+    // Arrange: a served catalog (two HTTP workers, each reading single products on
+    // connections of its own) whose products table is locked, so a listing and a read of one
+    // product hang in flight.
     let db = TestDatabase::create("catalog").await;
     let exchange = TestExchange::new(dockyard_contracts::topology());
     let amqp = amqp_url();
     let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
     assert!(run(&env, &["migrate"]).await.status.success());
+    assert!(run(&env, &["seed"]).await.status.success());
     let mut served = serve(
         db.url(),
         &exchange,
         &[
             ("SHUTDOWN_DELAY_MS", "3000"),
             ("SHUTDOWN_TIMEOUT_SECS", "20"),
+            ("HTTP_WORKERS", "2"),
         ],
     )
     .await;
     wait_until_ready(served.port).await;
     let pool = db.pool().await;
+    let product: uuid::Uuid = sqlx::query_scalar("SELECT id FROM products LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
@@ -218,7 +226,11 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() 
                 .await
         }
     });
-    wait_for_blocked_query(&pool).await;
+    let in_flight_read = tokio::spawn({
+        let url = format!("{base}/products/{product}");
+        async move { client().get(url).send().await }
+    });
+    wait_for_blocked_queries(&pool, 2).await;
 
     // Act: SIGTERM while the request waits on the lock.
     let pid = Pid::from_raw(i32::try_from(served.child.id().unwrap()).unwrap());
@@ -246,8 +258,8 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() 
     // After the delay the listener closes; the in-flight request is still waiting.
     tokio::time::sleep(Duration::from_millis(3500).saturating_sub(signalled.elapsed())).await;
     assert!(
-        !in_flight.is_finished(),
-        "the request ended before the lock was released"
+        !in_flight.is_finished() && !in_flight_read.is_finished(),
+        "a request ended before the lock was released"
     );
     assert!(
         client()
@@ -265,13 +277,25 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() 
         .unwrap()
         .expect("the in-flight request completes");
     assert_eq!(response.status(), 200);
+    let read = in_flight_read
+        .await
+        .unwrap()
+        .expect("the in-flight read completes");
+    assert_eq!(read.status(), 200);
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["id"], product.to_string());
     let status = tokio::time::timeout(Duration::from_secs(10), served.child.wait())
         .await
         .expect("catalog exits after draining")
         .unwrap();
     assert_eq!(status.code(), Some(0));
 
-    // Logs: every stdout line is a JSON object; the slow request has its access-log event.
+    assert_drained_request_logged(&served).await;
+}
+
+/// Every stdout line of `served` is a JSON object, and the slow request has its access-log
+/// event.
+async fn assert_drained_request_logged(served: &Served) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let lines = served.lines.lock().unwrap().clone();
     let events: Vec<Value> = lines
@@ -288,8 +312,8 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_request_and_exits_0() 
     assert!(access["latency_ms"].as_f64().unwrap() > 1000.0);
 }
 
-/// Waits until a `SELECT` on products waits for the test's table lock.
-async fn wait_for_blocked_query(pool: &sqlx::PgPool) {
+/// Waits until `count` `SELECT`s on products wait for the test's table lock.
+async fn wait_for_blocked_queries(pool: &sqlx::PgPool, count: i64) {
     for _ in 0..200 {
         let blocked: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
@@ -299,12 +323,12 @@ async fn wait_for_blocked_query(pool: &sqlx::PgPool) {
         .fetch_one(pool)
         .await
         .unwrap();
-        if blocked > 0 {
+        if blocked >= count {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("the listing never reached the database");
+    panic!("the requests never reached the database");
 }
 
 #[tokio::test]
