@@ -128,8 +128,17 @@ async fn place(
     let key = idempotency_key(&request)?;
     let mut raw = body.into_inner();
     own_customer(&caller, &mut raw)?;
-    // Refused before anything is written: a retry with the same key starts afresh.
-    admission.admit(store.queue_full())?;
+    // Refused before anything is written: a retry with the same key starts afresh. A retry of
+    // a request let in before (its answer was lost) gets that answer rather than a refusal:
+    // the key is looked up only on this path, and within a budget of lookups per second.
+    if let Err(overloaded) = admission.admit(store.queue_full()) {
+        if overloaded.may_recall()
+            && let Some(earlier) = store.recall(&key, &raw).await?
+        {
+            return replay(earlier);
+        }
+        return Err(admission.shed(overloaded));
+    }
     // The first time, this is all there is to do; a request repeated with its key finds the
     // key taken in `place` and gets its first answer. Only when the request is refused does
     // the key get looked up first: an order accepted before stays accepted (say its product

@@ -270,11 +270,20 @@ async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_
     );
     let mut platform = Platform::new(exchange, (catalog_db, order_db), None, order);
     let body = order_body(Uuid::now_v7(), &[(&mug, 1)]);
-    for _ in 0..3 {
+    let first = platform.place("let-in-first", &body).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    for _ in 0..2 {
         platform.place_ok(&body).await;
     }
     // Three orders pending: the backlog is full once they are counted.
     tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A retry of an order let in before (its answer was lost) gets that answer, not a 503,
+    // and is not counted as shed.
+    let retried = platform.place("let-in-first", &body).await;
+    assert_eq!(retried.status(), 202, "the first answer, even while full");
+    assert_eq!(retried.json::<Value>().await.unwrap()["id"], first["id"]);
 
     for _ in 0..2 {
         let refused = platform.place("retry-me", &body).await;
