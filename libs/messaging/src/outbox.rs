@@ -346,6 +346,11 @@ impl OutboxRelay {
             self.confirmed(round, &published);
         }
         self.drain(&CancellationToken::new(), Leases::Ignored).await;
+        // Closed before the broker connection is: a channel still open when the connection
+        // closes gets frames after lapin has let it go, which it logs as errors.
+        if let Some(channel) = self.channel.take() {
+            let _ = channel.close(200, "relay stopping".into()).await;
+        }
         drop(published);
         let _ = tokio::time::timeout(CONNECT_TIMEOUT, bookkeeper).await;
         tracing::info!("outbox relay stopped");

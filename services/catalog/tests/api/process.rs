@@ -370,3 +370,61 @@ async fn probes_and_scrapes_stay_out_of_the_info_log_and_no_colour_goes_to_a_pip
     assert_eq!(routes, ["/products"], "one INFO line, for the real request");
     let _ = served.child.kill().await;
 }
+
+/// A clean stop is not an error: after the relay has published (its confirm channel open),
+/// SIGTERM closes every channel before the broker connection, so lapin logs no "Connection
+/// error" on the way out (it did, at ERROR, on every stop after traffic).
+#[tokio::test]
+async fn a_stop_after_relaying_events_logs_no_error() {
+    let db = TestDatabase::create("catalog").await;
+    let exchange = TestExchange::new(dockyard_contracts::topology());
+    let amqp = amqp_url();
+    let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
+    assert!(run(&env, &["migrate"]).await.status.success());
+    assert!(run(&env, &["seed"]).await.status.success());
+    let mut served = serve(db.url(), &exchange, &[]).await;
+    wait_until_ready(served.port).await;
+    let pool = db.pool().await;
+    let product: uuid::Uuid = sqlx::query_scalar("SELECT id FROM products LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let mut answers = exchange.probe("stock.*").await;
+    let order_id = uuid::Uuid::now_v7();
+    exchange
+        .publish(&dockyard_messaging::Envelope::new(
+            "order.placed",
+            order_id,
+            &serde_json::json!({"order_id": order_id, "lines": [{"product_id": product, "quantity": 1}]}),
+        ))
+        .await;
+    let answer = answers.next(Duration::from_secs(10)).await;
+    assert_eq!(
+        (answer.kind.as_str(), answer.correlation_id),
+        ("stock.reserved", order_id)
+    );
+
+    let pid = Pid::from_raw(i32::try_from(served.child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), served.child.wait())
+        .await
+        .expect("catalog exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lines = served.lines.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("broker connection closed")),
+        "the stop went through the broker's close"
+    );
+    let errors: Vec<&String> = lines
+        .iter()
+        .filter(|line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|event| event["level"] == "ERROR")
+        })
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
