@@ -71,6 +71,15 @@ impl HealthChecker {
                         );
                     }
                 }
+                // Never in rotation: an instance still starting (not ready yet) is no news.
+                _ if before == Checked::Pending => {
+                    tracing::info!(
+                        route,
+                        pool = pool_kind,
+                        endpoint = url,
+                        "endpoint not ready yet; joins after a passing check"
+                    );
+                }
                 _ => {
                     tracing::warn!(
                         route,
