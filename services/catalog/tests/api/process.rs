@@ -188,28 +188,18 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_requests_and_exits_0()
     // Arrange: a served catalog (two HTTP workers, each reading single products on
     // connections of its own) whose products table is locked, so a listing and a read of one
     // product hang in flight.
-    let db = TestDatabase::create("catalog").await;
-    let exchange = TestExchange::new(dockyard_contracts::topology());
-    let amqp = amqp_url();
-    let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
-    assert!(run(&env, &["migrate"]).await.status.success());
-    assert!(run(&env, &["seed"]).await.status.success());
-    let mut served = serve(
-        db.url(),
-        &exchange,
-        &[
-            ("SHUTDOWN_DELAY_MS", "3000"),
-            ("SHUTDOWN_TIMEOUT_SECS", "20"),
-            ("HTTP_WORKERS", "2"),
-        ],
-    )
+    let Seeded {
+        db,
+        exchange: _exchange,
+        mut served,
+        product,
+    } = serve_seeded(&[
+        ("SHUTDOWN_DELAY_MS", "3000"),
+        ("SHUTDOWN_TIMEOUT_SECS", "20"),
+        ("HTTP_WORKERS", "2"),
+    ])
     .await;
-    wait_until_ready(served.port).await;
     let pool = db.pool().await;
-    let product: uuid::Uuid = sqlx::query_scalar("SELECT id FROM products LIMIT 1")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
@@ -312,6 +302,37 @@ async fn assert_drained_request_logged(served: &Served) {
     assert!(access["latency_ms"].as_f64().unwrap() > 1000.0);
 }
 
+/// A migrated, seeded catalog served with `extra` variables, ready, and one of its products.
+struct Seeded {
+    db: TestDatabase,
+    exchange: TestExchange,
+    served: Served,
+    product: uuid::Uuid,
+}
+
+async fn serve_seeded(extra: &[(&str, &str)]) -> Seeded {
+    let db = TestDatabase::create("catalog").await;
+    let exchange = TestExchange::new(dockyard_contracts::topology());
+    let amqp = amqp_url();
+    let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
+    assert!(run(&env, &["migrate"]).await.status.success());
+    assert!(run(&env, &["seed"]).await.status.success());
+    let served = serve(db.url(), &exchange, extra).await;
+    wait_until_ready(served.port).await;
+    let pool = db.pool().await;
+    let product = sqlx::query_scalar("SELECT id FROM products LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    Seeded {
+        db,
+        exchange,
+        served,
+        product,
+    }
+}
+
 /// Waits until `count` `SELECT`s on products wait for the test's table lock.
 async fn wait_for_blocked_queries(pool: &sqlx::PgPool, count: i64) {
     for _ in 0..200 {
@@ -376,20 +397,12 @@ async fn probes_and_scrapes_stay_out_of_the_info_log_and_no_colour_goes_to_a_pip
 /// error" on the way out (it did, at ERROR, on every stop after traffic).
 #[tokio::test]
 async fn a_stop_after_relaying_events_logs_no_error() {
-    let db = TestDatabase::create("catalog").await;
-    let exchange = TestExchange::new(dockyard_contracts::topology());
-    let amqp = amqp_url();
-    let env = [("DATABASE_URL", db.url()), ("AMQP_URL", amqp.as_str())];
-    assert!(run(&env, &["migrate"]).await.status.success());
-    assert!(run(&env, &["seed"]).await.status.success());
-    let mut served = serve(db.url(), &exchange, &[]).await;
-    wait_until_ready(served.port).await;
-    let pool = db.pool().await;
-    let product: uuid::Uuid = sqlx::query_scalar("SELECT id FROM products LIMIT 1")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    let Seeded {
+        db: _db,
+        exchange,
+        mut served,
+        product,
+    } = serve_seeded(&[]).await;
     let mut answers = exchange.probe("stock.*").await;
     let order_id = uuid::Uuid::now_v7();
     exchange
