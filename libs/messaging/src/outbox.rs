@@ -58,6 +58,8 @@ const HANDOFF_QUEUE: usize = 1024;
 const HANDOFF_ROUND: usize = 64;
 /// Rounds of handed-off events awaiting their confirms at once.
 const ROUNDS_IN_FLIGHT: usize = 8;
+/// How long the relay waits for the broker to confirm its channel's close when stopping.
+const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the relay's own connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -348,8 +350,9 @@ impl OutboxRelay {
         self.drain(&CancellationToken::new(), Leases::Ignored).await;
         // Closed before the broker connection is: a channel still open when the connection
         // closes gets frames after lapin has let it go, which it logs as errors.
-        if let Some(channel) = self.channel.take() {
-            let _ = channel.close(200, "relay stopping".into()).await;
+        if let Some(channel) = self.channel.take().filter(|c| c.status().connected()) {
+            let closing = channel.close(200, "relay stopping".into());
+            let _ = tokio::time::timeout(CHANNEL_CLOSE_TIMEOUT, closing).await;
         }
         drop(published);
         let _ = tokio::time::timeout(CONNECT_TIMEOUT, bookkeeper).await;

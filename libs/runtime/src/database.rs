@@ -24,7 +24,8 @@ use crate::{
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:port/database`; the password is redacted when shown.
     pub database_url: SecretUrl,
-    /// Pool size per process. Sum over all replicas must stay under the server's
+    /// Size of the process's shared pool (the catalog adds one connection per HTTP worker
+    /// for its single-product reads). Sum over all replicas must stay under the server's
     /// `max_connections`; by Little's law, requests/s × mean query time is what is needed.
     #[serde(default = "default_max_connections")]
     pub database_max_connections: u32,

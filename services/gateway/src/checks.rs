@@ -71,7 +71,8 @@ impl HealthChecker {
                         );
                     }
                 }
-                // Never in rotation: an instance still starting (not ready yet) is no news.
+                // Never in rotation (bar a pool in panic mode): an instance still starting is
+                // no news. One that stays unready shows as `pending` in the admin API.
                 _ if before == Checked::Pending => {
                     tracing::info!(
                         route,

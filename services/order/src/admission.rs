@@ -51,6 +51,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(25);
 /// past the budget gets the 503 and, retrying, its answer once there is room.
 const RECALLS_PER_SECOND: u32 = 50;
 
+/// How long a refused placement waits for its key's lookup at most: a refusal stays early.
+pub const RECALL_WITHIN: Duration = Duration::from_millis(250);
+
 /// Whether new orders are let in now.
 #[derive(Debug)]
 pub struct Admission {

@@ -412,7 +412,8 @@ impl Stack {
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("HOST", ip.to_string())
             .env("PORT", port.to_string())
-            // Their output is a pipe to us; colour it when we show it on a terminal.
+            // Their output is a pipe to us when shown or kept; colour it when we show it on a
+            // terminal.
             .env(
                 "CLICOLOR_FORCE",
                 if self.options.show_logs && logs::colour() {

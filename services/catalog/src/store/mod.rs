@@ -87,7 +87,9 @@ pub struct ProductStore {
 const READS_IN_FLIGHT: u32 = 1;
 
 impl ProductStore {
-    /// Call from the main runtime: the reader of single products runs there.
+    /// Call from the main runtime: this store's reader of single products runs there, on
+    /// the shared pool (one-off commands and tests use it; HTTP workers use
+    /// [`for_worker`](Self::for_worker) instead, and the served process's own reader idles).
     pub fn new(database: Database) -> Self {
         Self {
             reads: reads::Reads::start(database.pool().clone(), READS_IN_FLIGHT as usize),

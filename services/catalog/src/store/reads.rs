@@ -54,7 +54,7 @@ impl Reads {
     pub async fn get(&self, id: Uuid) -> Answer {
         let (answer, answered) = oneshot::channel();
         if self.queue.send(Read { id, answer }).await.is_err() {
-            return Err(Arc::new(sqlx::Error::PoolClosed)); // the main runtime is stopping
+            return Err(Arc::new(sqlx::Error::PoolClosed)); // the reader's runtime is stopping
         }
         answered
             .await

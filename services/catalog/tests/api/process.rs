@@ -185,9 +185,9 @@ async fn wait_until_ready(port: u16) {
 
 #[tokio::test]
 async fn sigterm_turns_readiness_off_drains_the_in_flight_requests_and_exits_0() {
-    // Arrange: a served catalog (two HTTP workers, each reading single products on
-    // connections of its own) whose products table is locked, so a listing and a read of one
-    // product hang in flight.
+    // Arrange: a served catalog (four HTTP workers, each reading single products on a
+    // connection of its own: at least two are idle at SIGTERM and stop first) whose products
+    // table is locked, so a listing and a read of one product hang in flight.
     let Seeded {
         db,
         exchange: _exchange,

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    admission::Admission,
+    admission::{Admission, RECALL_WITHIN},
     catalog::CatalogClient,
     domain::NewOrder,
     store::{Order, OrderStore, Placed, Total},
@@ -130,10 +130,12 @@ async fn place(
     own_customer(&caller, &mut raw)?;
     // Refused before anything is written: a retry with the same key starts afresh. A retry of
     // a request let in before (its answer was lost) gets that answer rather than a refusal:
-    // the key is looked up only on this path, and within a budget of lookups per second.
+    // the key is looked up only on this path, within a budget of lookups per second and a
+    // short wait; a lookup that fails or is slow leaves the refusal as it was.
     if let Err(overloaded) = admission.admit(store.queue_full()) {
         if overloaded.may_recall()
-            && let Some(earlier) = store.recall(&key, &raw).await?
+            && let Ok(Ok(Some(earlier))) =
+                tokio::time::timeout(RECALL_WITHIN, store.recall(&key, &raw)).await
         {
             return replay(earlier);
         }
