@@ -13,6 +13,8 @@
 //!   discovery the way Compose and Kubernetes do it.
 //! - [`TokenIssuer`]: an ES256 signing key, its JWKS, and bearer tokens signed with it, for the
 //!   gateway's tests and `cargo xtask token` (local development).
+//! - [`process`]: a service binary to run as an OS process with only the variables a test
+//!   gives it.
 
 mod dns;
 mod proxy;
@@ -23,6 +25,17 @@ pub use proxy::TcpProxy;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 pub use tokens::{Grant, TokenIssuer};
 use url::Url;
+
+/// The binary `bin` (a test's `env!("CARGO_BIN_EXE_…")`) with an empty environment plus
+/// `vars`, killed if the test drops it: configuration comes only from what the test sets.
+pub fn process(bin: &str, vars: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(bin);
+    command
+        .env_clear()
+        .envs(vars.iter().copied())
+        .kill_on_drop(true);
+    command
+}
 
 /// The server tests use when `DATABASE_URL` is not set: the machine's local PostgreSQL.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

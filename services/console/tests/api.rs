@@ -17,14 +17,8 @@ use tokio::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_console");
 
-/// The binary with an empty environment plus `vars`.
 fn console(vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .envs(vars.iter().copied())
-        .kill_on_drop(true);
-    command
+    dockyard_testkit::process(BIN, vars)
 }
 
 #[tokio::test]

@@ -123,10 +123,21 @@ mod tests {
 
     use super::*;
 
+    /// A map of `pairs`, in order, repeated names kept.
+    fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        map
+    }
+
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_dropped() {
-        let mut incoming = HeaderMap::new();
-        for (name, value) in [
+        let incoming = header_map(&[
             ("connection", "keep-alive, x-secret-hop"),
             ("keep-alive", "timeout=5"),
             ("x-secret-hop", "1"),
@@ -138,12 +149,7 @@ mod tests {
             ("x-identity-subject", "someone-else"),
             ("x-identity-scopes", "catalog:write"),
             ("authorization", "Bearer t"),
-        ] {
-            incoming.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
+        ]);
 
         let forwarded = request_headers(&incoming, false, true);
 
@@ -165,19 +171,13 @@ mod tests {
 
     #[test]
     fn a_response_loses_its_hop_by_hop_headers_and_those_its_connection_lists() {
-        let mut response = HeaderMap::new();
-        for (name, value) in [
+        let mut response = header_map(&[
             ("content-type", "application/json"),
             ("connection", "Keep-Alive, X-Upstream-Hop"),
             ("keep-alive", "timeout=5"),
             ("x-upstream-hop", "1"),
             ("x-kept", "2"),
-        ] {
-            response.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
+        ]);
         strip_hop_by_hop(&mut response);
         let mut names: Vec<_> = response.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();

@@ -22,14 +22,8 @@ use crate::helpers::client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_catalog");
 
-/// The binary with an empty environment plus `vars`.
 fn catalog(vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .envs(vars.iter().copied())
-        .kill_on_drop(true);
-    command
+    dockyard_testkit::process(BIN, vars)
 }
 
 async fn run(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {

@@ -1,13 +1,9 @@
 //! The `order` binary as an OS process: configuration errors and commands.
 
-use tokio::process::Command;
-
 const BIN: &str = env!("CARGO_BIN_EXE_order");
 
 async fn run(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .env_clear()
-        .envs(vars.iter().copied())
+    dockyard_testkit::process(BIN, vars)
         .args(args)
         .output()
         .await
@@ -93,9 +89,9 @@ async fn an_order_nobody_answers_is_republished_then_rejected_for_timeout_and_co
     let port = free_port().to_string();
     let amqp = amqp_url();
     // No catalog consumes the events: the saga never answers.
-    let _order = Command::new(BIN)
-        .env_clear()
-        .envs([
+    let _order = dockyard_testkit::process(
+        BIN,
+        &[
             ("DATABASE_URL", db.url()),
             ("AMQP_URL", amqp.as_str()),
             ("AMQP_EXCHANGE", exchange.name()),
@@ -104,11 +100,11 @@ async fn an_order_nobody_answers_is_republished_then_rejected_for_timeout_and_co
             ("PORT", port.as_str()),
             ("ORDER_PENDING_TIMEOUT", "500ms"),
             ("ORDER_PENDING_REPUBLISH", "2"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
