@@ -366,9 +366,9 @@ async fn lock_batch(
 
 /// Answers many placements (of distinct orders) with two statements whatever their number:
 /// the orders' rows and their products are locked and read in one ([`lock_batch`]); the
-/// stock, the reservations and the new answers are written in the other ([`Writes::write`]). Each order
-/// gets the answer it got before if it had one, a refusal if it was cancelled, else is
-/// reserved in turn against what the orders before it in `placements` left.
+/// stock, the reservations and the new answers are written in the other ([`Writes::write`]).
+/// Each order gets the answer it got before if it had one, a refusal if it was cancelled,
+/// else is reserved in turn against what the orders before it in `placements` left.
 pub async fn answer_many(
     transaction: &mut PgConnection,
     placements: &[Placement],
