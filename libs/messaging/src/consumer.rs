@@ -361,6 +361,14 @@ impl Consumer<'_> {
         let mut widening = false;
         let mut ended = false;
         loop {
+            // Deliveries lapin already holds join the next batch: taking them costs no wait,
+            // and a batch of one pays a whole transaction for its one event.
+            while !ended {
+                let Some(delivery) = deliveries.next().now_or_never() else {
+                    break;
+                };
+                ended = accept(delivery, widening, channel, &mut lanes)?;
+            }
             while running.len() < BATCHES_IN_FLIGHT {
                 let Some((taken, batch)) = lanes.take_batch() else {
                     break;
@@ -395,21 +403,7 @@ impl Consumer<'_> {
                     let _ = tokio::time::timeout(DEAD_LETTER_COUNT_TIMEOUT, self.count_dead_letters()).await;
                 }
                 delivery = deliveries.next(), if !ended => {
-                    let delivery = match delivery {
-                        Some(Ok(delivery)) => delivery,
-                        Some(Err(error)) => return Err(Stop::Broken(error)),
-                        None if widening => {
-                            ended = true;
-                            continue;
-                        }
-                        None => return Err(Stop::Broken(closed())),
-                    };
-                    // lapin may still hand out deliveries buffered before the channel broke;
-                    // their acks would be lost and the broker has taken them back already.
-                    if !channel.status().connected() {
-                        return Err(Stop::Broken(closed()));
-                    }
-                    lanes.push(Incoming::parse(delivery));
+                    ended = accept(delivery, widening, channel, &mut lanes)?;
                 }
             }
         }
@@ -962,6 +956,29 @@ enum BatchAttempt {
 }
 
 /// The error for a channel or connection that is gone.
+/// Puts a delivery in its lane; returns whether the subscription has ended (it was cancelled
+/// to widen the prefetch and has handed out all it held).
+fn accept(
+    delivery: Option<lapin::Result<Delivery>>,
+    widening: bool,
+    channel: &Channel,
+    lanes: &mut Lanes,
+) -> Result<bool, Stop> {
+    let delivery = match delivery {
+        Some(Ok(delivery)) => delivery,
+        Some(Err(error)) => return Err(Stop::Broken(error)),
+        None if widening => return Ok(true),
+        None => return Err(Stop::Broken(closed())),
+    };
+    // lapin may still hand out deliveries buffered before the channel broke; their acks would
+    // be lost and the broker has taken them back already.
+    if !channel.status().connected() {
+        return Err(Stop::Broken(closed()));
+    }
+    lanes.push(Incoming::parse(delivery));
+    Ok(false)
+}
+
 fn closed() -> lapin::Error {
     lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into()
 }
