@@ -955,7 +955,6 @@ enum BatchAttempt {
     Shutdown,
 }
 
-/// The error for a channel or connection that is gone.
 /// Puts a delivery in its lane; returns whether the subscription has ended (it was cancelled
 /// to widen the prefetch and has handed out all it held).
 fn accept(
@@ -979,6 +978,7 @@ fn accept(
     Ok(false)
 }
 
+/// The error for a channel or connection that is gone.
 fn closed() -> lapin::Error {
     lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into()
 }
