@@ -37,7 +37,7 @@ use std::{
 };
 
 use dockyard_runtime::trace;
-use futures_util::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
+use futures_util::{FutureExt, Stream, StreamExt, future::join_all, stream::FuturesUnordered};
 use lapin::{
     Channel, Confirmation,
     message::Delivery,
@@ -363,11 +363,10 @@ impl Consumer<'_> {
         loop {
             // Deliveries lapin already holds join the next batch: taking them costs no wait,
             // and a batch of one pays a whole transaction for its one event.
-            while !ended {
-                let Some(delivery) = deliveries.next().now_or_never() else {
-                    break;
-                };
-                ended = accept(delivery, widening, channel, &mut lanes)?;
+            if !ended {
+                ended = take_ready(&mut deliveries, |delivery| {
+                    accept(delivery, widening, channel, &mut lanes)
+                })?;
             }
             while running.len() < BATCHES_IN_FLIGHT {
                 let Some((taken, batch)) = lanes.take_batch() else {
@@ -955,6 +954,20 @@ enum BatchAttempt {
     Shutdown,
 }
 
+/// Hands `take` every item `stream` already holds, without waiting for one (and `None` if the
+/// stream has ended); stops when `take` says the stream has ended, and returns whether it has.
+fn take_ready<S: Stream + Unpin, E>(
+    stream: &mut S,
+    mut take: impl FnMut(Option<S::Item>) -> Result<bool, E>,
+) -> Result<bool, E> {
+    while let Some(item) = stream.next().now_or_never() {
+        if take(item)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Puts a delivery in its lane; returns whether the subscription has ended (it was cancelled
 /// to widen the prefetch and has handed out all it held).
 fn accept(
@@ -1030,4 +1043,62 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{StreamExt, stream};
+
+    use super::take_ready;
+
+    #[test]
+    fn what_a_stream_already_holds_is_taken_without_waiting_for_more() {
+        let mut deliveries = stream::iter([1, 2, 3]).chain(stream::pending());
+        let mut taken = Vec::new();
+
+        let ended = take_ready(&mut deliveries, |item| {
+            taken.push(item);
+            Ok::<_, ()>(false)
+        });
+
+        assert_eq!(
+            ended,
+            Ok(false),
+            "the stream has not ended, it has nothing yet"
+        );
+        assert_eq!(taken, [Some(1), Some(2), Some(3)]);
+    }
+
+    #[test]
+    fn an_ended_stream_is_reported_once_and_taking_stops_there() {
+        let mut deliveries = stream::iter([1, 2]);
+        let mut taken = Vec::new();
+
+        let ended = take_ready(&mut deliveries, |item| {
+            let end = item.is_none();
+            taken.push(item);
+            Ok::<_, ()>(end)
+        });
+
+        assert_eq!(ended, Ok(true));
+        assert_eq!(taken, [Some(1), Some(2), None]);
+    }
+
+    #[test]
+    fn an_error_stops_taking_at_once() {
+        let mut deliveries = stream::iter([1, 2, 3]);
+        let mut taken = Vec::new();
+
+        let ended = take_ready(&mut deliveries, |item| {
+            taken.push(item);
+            if item == Some(2) {
+                Err("broken")
+            } else {
+                Ok(false)
+            }
+        });
+
+        assert_eq!(ended, Err("broken"));
+        assert_eq!(taken, [Some(1), Some(2)]);
+    }
 }
