@@ -175,7 +175,13 @@ async fn until_dropped(connection: &Connection) {
     }
 }
 
-/// Readiness: connected to the broker.
+/// Readiness of the broker connection: `degraded` while it is away, never `down`.
+///
+/// Every replica shares the broker, so an instance that cannot reach it is no worse than any
+/// other: taking it out of rotation would take them all out (a Kubernetes Service would have
+/// no endpoint left) while the work can wait. HTTP keeps being served, events wait in the
+/// outbox and are published when the connection is back; the report says so, and
+/// `dockyard_outbox_backlog` counts what waits.
 #[derive(Debug, Clone)]
 pub struct BrokerCheck(pub Broker);
 
@@ -189,7 +195,10 @@ impl dockyard_runtime::health::ReadinessCheck for BrokerCheck {
             if self.0.is_connected() {
                 Verdict::Up
             } else {
-                Verdict::Down("not connected to the broker; reconnecting".to_owned())
+                Verdict::Degraded(
+                    "not connected to the broker; reconnecting (events wait in the outbox)"
+                        .to_owned(),
+                )
             }
         })
     }

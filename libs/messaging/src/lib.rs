@@ -15,7 +15,8 @@
 //!   blocking the events behind it. The [`dlq`] commands list, show and replay dead letters.
 //! - **Connection** ([`broker`]): lapin is supervised by a task that connects with back-off,
 //!   declares the [`topology`], hands sessions to consumers and the relay, and reconnects when
-//!   the connection drops (or was never up at start). Readiness is false while it is down.
+//!   the connection drops (or was never up at start). Readiness reports it `degraded` while it
+//!   is down, never unready: every replica shares the broker, and events wait in the outbox.
 //!
 //! # Layout
 //! - [`config`]: `AMQP_URL` and friends.
@@ -47,7 +48,7 @@ pub use broker::{Broker, BrokerCheck};
 pub use config::BrokerConfig;
 pub use consumer::{Compensation, Handled, Handler, HandlerError, HandlerFuture, Subscription};
 pub use envelope::Envelope;
-pub use outbox::OutboxRelay;
+pub use outbox::{OutboxCheck, OutboxRelay};
 pub use status::{ConsumerCheck, ConsumerStatus};
 pub use topology::Topology;
 pub use workers::EventWorkers;

@@ -22,7 +22,10 @@
 
 use std::{sync::atomic::AtomicU64, time::Duration};
 
-use dockyard_runtime::metrics::Metrics;
+use dockyard_runtime::{
+    health::{ReadinessCheck, Verdict},
+    metrics::Metrics,
+};
 use futures_util::{StreamExt, future::join_all, stream::FuturesUnordered};
 use lapin::{
     BasicProperties, Channel, Confirmation, PublisherConfirm,
@@ -136,10 +139,13 @@ pub async fn publish_again(
 /// The way to this process's relay: events written with [`Handoff::enqueue`] are leased to it
 /// and handed over with [`Handoff::committed`] once their transaction has committed, so they are
 /// published without a notification or a claim. Cheap to clone. A hand-off to no relay
-/// ([`Handoff::none`]) writes events for any relay to claim, as [`enqueue_many`] does.
+/// ([`Handoff::none`]) writes events for any relay to claim, as [`enqueue_many`] does; so does
+/// a hand-off while this process is not connected to the broker: its relay could not publish
+/// them, and another instance's relay, or its own once the connection is back, claims them at
+/// once instead of when a lease ends.
 #[derive(Debug, Clone, Default)]
 pub struct Handoff {
-    relay: Option<mpsc::Sender<Vec<Envelope>>>,
+    relay: Option<(mpsc::Sender<Vec<Envelope>>, Broker)>,
 }
 
 /// Events [`Handoff::enqueue`] wrote in a transaction: hand them over once it has committed.
@@ -163,7 +169,11 @@ impl Handoff {
         if envelopes.is_empty() {
             return Ok(Written::default());
         }
-        if self.relay.is_none() {
+        if !self
+            .relay
+            .as_ref()
+            .is_some_and(|(_, broker)| broker.is_connected())
+        {
             enqueue_many(transaction, &envelopes).await?;
             return Ok(Written::default());
         }
@@ -185,7 +195,7 @@ impl Handoff {
     /// Hands events over to the relay; call it once their transaction has committed. A relay
     /// that is not keeping up leaves them to be claimed when their lease ends.
     pub fn committed(&self, written: Written) {
-        let (Some(relay), false) = (&self.relay, written.0.is_empty()) else {
+        let (Some((relay, _)), false) = (&self.relay, written.0.is_empty()) else {
             return;
         };
         if relay.try_send(written.0).is_err() {
@@ -232,6 +242,16 @@ impl OutboxGauges {
         );
     }
 
+    /// Events not yet published, as last counted.
+    pub fn backlog(&self) -> i64 {
+        self.backlog.get()
+    }
+
+    /// Age of the oldest event not yet published, as last counted (0 when none waits).
+    pub fn oldest_unsent_seconds(&self) -> f64 {
+        self.oldest_unsent.get()
+    }
+
     async fn sample(&self, connection: &mut PgConnection) -> sqlx::Result<()> {
         let (backlog, oldest): (i64, f64) = sqlx::query_as(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
@@ -242,6 +262,37 @@ impl OutboxGauges {
         self.backlog.set(backlog);
         self.oldest_unsent.set(oldest);
         Ok(())
+    }
+}
+
+/// Readiness of the outbox: `degraded` while an event has waited to be published for over
+/// [`OutboxCheck::WAITING_FOR`] (the broker is away or the relay is behind), with the backlog;
+/// never `down`, for the reason [`crate::BrokerCheck`] gives.
+#[derive(Debug, Clone)]
+pub struct OutboxCheck(pub OutboxGauges);
+
+impl OutboxCheck {
+    pub const WAITING_FOR: Duration = Duration::from_secs(5);
+
+    fn verdict(backlog: i64, oldest_seconds: f64) -> Verdict {
+        if backlog > 0 && oldest_seconds > Self::WAITING_FOR.as_secs_f64() {
+            Verdict::Degraded(format!(
+                "{backlog} event(s) wait to be published, the oldest for {oldest_seconds:.0} s"
+            ))
+        } else {
+            Verdict::Up
+        }
+    }
+}
+
+impl ReadinessCheck for OutboxCheck {
+    fn name(&self) -> &'static str {
+        "outbox"
+    }
+
+    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Verdict> + Send + '_>> {
+        let verdict = Self::verdict(self.0.backlog(), self.0.oldest_unsent_seconds());
+        Box::pin(std::future::ready(verdict))
     }
 }
 
@@ -283,7 +334,7 @@ impl OutboxRelay {
     /// The way to this relay, for the process's writers of events.
     pub fn handoff(&self) -> Handoff {
         Handoff {
-            relay: Some(self.handoff.clone()),
+            relay: Some((self.handoff.clone(), self.broker.clone())),
         }
     }
 
@@ -623,4 +674,20 @@ pub fn event_properties(envelope: &Envelope) -> BasicProperties {
         .with_type(envelope.kind.as_str().into())
         .with_content_type("application/json".into())
         .with_delivery_mode(2) // persistent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_is_degraded_only_while_an_event_has_waited_long() {
+        assert_eq!(OutboxCheck::verdict(0, 0.0), Verdict::Up);
+        assert_eq!(OutboxCheck::verdict(40, 1.0), Verdict::Up, "normal traffic");
+        let waiting = OutboxCheck::verdict(800, 12.4);
+        assert!(
+            matches!(&waiting, Verdict::Degraded(reason) if reason.contains("800 event(s)") && reason.contains("12 s")),
+            "{waiting:?}"
+        );
+    }
 }

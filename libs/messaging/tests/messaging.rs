@@ -479,8 +479,7 @@ async fn malformed_unknown_version_and_rejected_messages_are_dead_lettered() {
 #[tokio::test]
 async fn events_committed_while_the_broker_is_unreachable_are_delivered_when_it_returns() {
     let fixture = Fixture::new().await;
-    let proxy = TcpProxy::down("127.0.0.1:5672".parse().unwrap()).await;
-    let via_proxy = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
+    let (proxy, via_proxy) = TcpProxy::in_front_of(&amqp_url()).await;
     let broker = fixture.start(&via_proxy);
 
     for _ in 0..5 {
@@ -587,10 +586,8 @@ async fn a_crash_looping_consumer_does_not_dead_letter_the_healthy_messages_it_h
     // Eight lives of a process that takes its prefetched events and dies (its connection
     // drops with it) before finishing one: each time, the broker takes back what it held.
     for _ in 0..8 {
-        let proxy = TcpProxy::down("127.0.0.1:5672".parse().unwrap()).await;
+        let (proxy, via_proxy) = TcpProxy::in_front_of(&amqp_url()).await;
         proxy.restore().await;
-        let via_proxy =
-            amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
         let broker = Broker::start(config(&via_proxy), test_topology());
         let life = CancellationToken::new();
         let subscription = Subscription::new("order", Arc::new(NeverFinishes));

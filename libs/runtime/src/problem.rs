@@ -20,6 +20,12 @@ use serde_json::{Map, Value};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// The response header that marks a refusal as deliberate load shedding ([`Problem::shed`]):
+/// the instance is healthy and chose not to take the request now. A proxy must not count such
+/// an answer against the instance (breakers, outlier detection) nor retry it elsewhere (the
+/// whole service is at its limit); the client retries after `Retry-After`.
+pub const SHED_HEADER: &str = "dockyard-shed";
+
 /// One RFC 9457 problem detail.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -40,6 +46,9 @@ pub struct Problem {
     /// `retry_after` kept to 32 bits, so a `Problem` stays small enough to return by value.
     #[serde(skip)]
     pub www_authenticate: Option<Box<Cow<'static, str>>>,
+    /// A deliberate refusal by a healthy instance (sent as [`SHED_HEADER`]).
+    #[serde(skip)]
+    pub shed: bool,
 }
 
 impl Problem {
@@ -53,6 +62,7 @@ impl Problem {
             extensions: Map::new(),
             retry_after: None,
             www_authenticate: None,
+            shed: false,
         }
     }
 
@@ -81,6 +91,16 @@ impl Problem {
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(u32::try_from(seconds).unwrap_or(u32::MAX));
         self
+    }
+
+    /// `503` by choice: the instance is healthy and sheds load ([`SHED_HEADER`]); the client
+    /// retries after `retry_after_secs`.
+    pub fn shed(kind: &str, title: &'static str, retry_after_secs: u64) -> Self {
+        Self {
+            shed: true,
+            ..Self::of_kind(StatusCode::SERVICE_UNAVAILABLE, kind, title)
+                .retry_after(retry_after_secs)
+        }
     }
 
     /// `401` with the `WWW-Authenticate` challenge a client must answer.
@@ -151,6 +171,8 @@ impl Problem {
             self.www_authenticate
                 .as_deref()
                 .map(|challenge| ("www-authenticate", Cow::Borrowed(challenge.as_ref()))),
+            self.shed
+                .then_some((SHED_HEADER, Cow::Borrowed("overloaded"))),
         ]
         .into_iter()
         .flatten()

@@ -36,6 +36,30 @@ impl TcpProxy {
         }
     }
 
+    /// A proxy (down) in front of the server `url` names, whatever its spelling (`localhost`,
+    /// an address, the scheme's default port), and `url` pointed at the proxy instead.
+    ///
+    /// # Panics
+    /// If `url` does not parse or its host does not resolve: the test's setting is wrong.
+    pub async fn in_front_of(url: &str) -> (Self, String) {
+        let mut parsed = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let host = parsed.host_str().expect("a URL with a host").to_owned();
+        let port = parsed
+            .port_or_known_default()
+            .or_else(|| default_port(parsed.scheme()))
+            .expect("a URL with a port");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let target = tokio::net::lookup_host((host, port))
+            .await
+            .unwrap_or_else(|e| panic!("resolving {host}: {e}"))
+            .next()
+            .unwrap_or_else(|| panic!("{host} has no address"));
+        let proxy = Self::down(target).await;
+        parsed.set_host(Some("127.0.0.1")).expect("an address");
+        parsed.set_port(Some(proxy.port())).expect("a port");
+        (proxy, parsed.into())
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -68,8 +92,43 @@ impl TcpProxy {
     }
 }
 
+/// Ports of the schemes the `url` crate does not know.
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "amqp" => Some(5672),
+        "amqps" => Some(5671),
+        "postgres" | "postgresql" => Some(5432),
+        _ => None,
+    }
+}
+
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.cut();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_proxy_stands_in_front_of_the_server_a_url_names_however_it_is_spelt() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        for url in [
+            format!("amqp://guest:guest@localhost:{port}/%2f"),
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        ] {
+            let (proxy, via) = TcpProxy::in_front_of(&url).await;
+            assert_eq!(proxy.target.port(), port);
+            assert!(proxy.target.ip().is_loopback());
+            assert_eq!(
+                via,
+                format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port())
+            );
+        }
+        let (proxy, _) = TcpProxy::in_front_of("postgres://postgres@localhost/db").await;
+        assert_eq!(proxy.target.port(), 5432, "the scheme's default port");
     }
 }

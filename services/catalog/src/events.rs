@@ -66,9 +66,33 @@ impl Handler for OrderEvents {
         envelopes: &'a [Envelope],
     ) -> HandlerFuture<'a, Result<Caused, HandlerError>> {
         Box::pin(async move {
+            let events = envelopes
+                .iter()
+                .map(|envelope| Ok((envelope, event(envelope)?)))
+                .collect::<Result<Vec<_>, HandlerError>>()?;
+            let cancelled: Vec<Uuid> = events
+                .iter()
+                .filter_map(|(_, event)| match event {
+                    SagaEvent::OrderCancelled(cancelled) => Some(cancelled.order_id),
+                    _ => None,
+                })
+                .collect();
+            if !cancelled.is_empty() && events.len() > 1 {
+                // Every saga row, then every product, each in id order (see `lock_rows`).
+                let orders: Vec<Uuid> = events.iter().map(|(_, e)| e.order_id()).collect();
+                let products: Vec<Uuid> = events
+                    .iter()
+                    .filter_map(|(_, event)| match event {
+                        SagaEvent::OrderPlaced(placed) => Some(placed),
+                        _ => None,
+                    })
+                    .flat_map(|placed| placed.lines.iter().map(|line| line.product_id))
+                    .collect();
+                saga::lock_rows(transaction, &orders, &products, &cancelled).await?;
+            }
             let (mut placements, mut causes) = (Vec::new(), Vec::new());
-            for envelope in envelopes {
-                match event(envelope)? {
+            for (envelope, event) in events {
+                match event {
                     SagaEvent::OrderPlaced(placed) => {
                         placements.push(placement(&placed));
                         causes.push(envelope);

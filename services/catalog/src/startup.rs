@@ -1,10 +1,10 @@
 //! Assembles the catalog process: a lazy pool, the supervised broker connection, health with
-//! database and broker checks, the routes, and the saga's consumer and outbox relay.
+//! database, broker, outbox and consumer checks, the routes, and the saga's consumer and outbox relay.
 
 use std::{future::Future, sync::Arc};
 
 use dockyard_messaging::{
-    Broker, BrokerCheck, ConsumerCheck, EventWorkers, OutboxRelay, Subscription,
+    Broker, BrokerCheck, ConsumerCheck, EventWorkers, OutboxCheck, OutboxRelay, Subscription,
     outbox::OutboxGauges,
 };
 use dockyard_runtime::{
@@ -47,6 +47,7 @@ impl Application {
         let health = Health::new(SERVICE)
             .with_check(DatabaseCheck::new(database.clone()))
             .with_check(BrokerCheck(broker.clone()))
+            .with_check(OutboxCheck(outbox.clone()))
             .with_check(ConsumerCheck(subscription.status()));
         let mut metrics = Metrics::new();
         subscription.status().register(&mut metrics);

@@ -16,7 +16,10 @@
 //! a time-out, and `502`, `503`, `504`. A `500` says this request hit a bug, and any client can
 //! cause one at will, so it is relayed and counted in the metrics but never opens a breaker,
 //! ejects an instance or triggers a retry; a broken instance is caught by its health check.
-//! `4xx` answers are healthy ones. Requests the gateway refuses itself (`400`, `404`, `413`,
+//! `4xx` answers are healthy ones. A `503` marked as load shedding (`dockyard-shed`, with
+//! `Retry-After`: the order service's admission control) is a healthy instance refusing by
+//! choice: it is relayed as is, never retried on another instance (they share the limit) and
+//! never held against the instance. Requests the gateway refuses itself (`400`, `404`, `413`,
 //! `429`) and bodies the client cuts short or sends over the limit never reach the breaker.
 
 use std::{
@@ -26,8 +29,8 @@ use std::{
 
 use actix_web::http::StatusCode as ProblemStatus;
 use dockyard_resilience::{Permit, full_jitter};
-use dockyard_runtime::problem::Problem;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use dockyard_runtime::problem::{Problem, SHED_HEADER};
+use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use prometheus_client::metrics::{counter::Counter, family::Family};
@@ -48,10 +51,26 @@ pub enum Payload {
     Streamed(Option<body::Capped>),
 }
 
-/// `502`, `503` and `504` say an instance (or what is behind it) is unhealthy; other statuses
-/// say nothing about its health (see the module documentation).
-fn unhealthy(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 502..=504)
+/// What an upstream's answer says about the instance that gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Any answer but the two below.
+    Healthy,
+    /// `502`, `503` or `504`: the instance (or what is behind it) is unhealthy; retried.
+    Unhealthy,
+    /// A `503` the instance sheds by choice ([`SHED_HEADER`]): relayed, not retried, and held
+    /// neither for nor against the instance.
+    Shed,
+}
+
+impl Verdict {
+    fn of<B>(response: &Response<B>) -> Self {
+        match response.status().as_u16() {
+            503 if response.headers().contains_key(SHED_HEADER) => Self::Shed,
+            502..=504 => Self::Unhealthy,
+            _ => Self::Healthy,
+        }
+    }
 }
 
 /// Idempotent methods, and POSTs with an `Idempotency-Key`, may be sent more than once.
@@ -143,18 +162,13 @@ impl Call<'_> {
             match result {
                 Ok(response) => {
                     sent += 1;
-                    let outcome = Outcome::of_status(response.status().as_u16());
-                    endpoint.metrics.attempt(outcome, seconds);
-                    if !unhealthy(response.status()) {
-                        endpoint.record_success();
-                        return Ok(response);
+                    match self.answered(&endpoint, response, seconds) {
+                        Answered::Relay(relayed) => return Ok(relayed),
+                        Answered::Unhealthy(last_one) if sent >= self.attempts => {
+                            return Ok(last_one);
+                        }
+                        Answered::Unhealthy(unhealthy) => last = Failure::Status(unhealthy),
                     }
-                    self.pool
-                        .record_failure(&endpoint, outcome, response.status().as_str());
-                    if sent >= self.attempts {
-                        return Ok(response);
-                    }
-                    last = Failure::Status(response);
                 }
                 Err(SendError::InvalidPath) => {
                     return Err(Failure::Client(Problem::bad_request(
@@ -191,7 +205,29 @@ impl Call<'_> {
         }
     }
 
-    /// One attempt on `endpoint`, bounded by the try time-out and the overall deadline.
+    /// Records an answer against the endpoint that gave it, and says what to do with it.
+    fn answered(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        response: Response<Incoming>,
+        seconds: f64,
+    ) -> Answered {
+        let outcome = Outcome::of_status(response.status().as_u16());
+        endpoint.metrics.attempt(outcome, seconds);
+        match Verdict::of(&response) {
+            Verdict::Healthy => {
+                endpoint.record_success();
+                Answered::Relay(response)
+            }
+            Verdict::Shed => Answered::Relay(response),
+            Verdict::Unhealthy => {
+                self.pool
+                    .record_failure(endpoint, outcome, response.status().as_str());
+                Answered::Unhealthy(response)
+            }
+        }
+    }
+
     /// One attempt on `endpoint`, bounded by the try time-out and the overall deadline (until
     /// the response's head; its body is relayed as it comes).
     async fn send(
@@ -246,13 +282,15 @@ impl Call<'_> {
         };
         match result {
             Ok(response) => {
-                let status = response.status();
-                if unhealthy(status) {
-                    permit.failure(Instant::now());
-                } else if !status.is_server_error() {
-                    permit.success(Instant::now());
+                match Verdict::of(&response) {
+                    Verdict::Unhealthy => permit.failure(Instant::now()),
+                    Verdict::Healthy if !response.status().is_server_error() => {
+                        permit.success(Instant::now());
+                    }
+                    // A 500 (or 501, 505…) or a shed 503: the permit is dropped unreported,
+                    // counting nothing.
+                    Verdict::Healthy | Verdict::Shed => {}
                 }
-                // Else a 500 (or 501, 505…): the permit is dropped unreported, counting nothing.
                 Ok(response)
             }
             Err(Failure::Client(problem)) => Err(problem),
@@ -277,6 +315,14 @@ fn exhausted(service: &str, failure: &Failure) -> Problem {
             .detail(format!("{service} has no instance"))
             .retry_after(1),
     }
+}
+
+/// What to do with an upstream's answer.
+enum Answered {
+    /// Relay it to the client.
+    Relay(Response<Incoming>),
+    /// The instance is unhealthy: try another, or relay it if none is left.
+    Unhealthy(Response<Incoming>),
 }
 
 /// Why one attempt got no answer.

@@ -215,6 +215,9 @@ impl Deadline {
                 Ok(done) => {
                     for (order_id, what) in &done {
                         match what {
+                            store::Deadline::StillInOutbox => {
+                                tracing::debug!(%order_id, "order still pending at its deadline, its placement still in the outbox; deadline renewed");
+                            }
                             store::Deadline::Republished => {
                                 self.republished.inc();
                                 tracing::warn!(%order_id, "order still pending at its deadline; placement published again");

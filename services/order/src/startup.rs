@@ -4,7 +4,7 @@
 use std::{future::Future, sync::Arc};
 
 use dockyard_messaging::{
-    Broker, BrokerCheck, ConsumerCheck, EventWorkers, OutboxRelay, Subscription,
+    Broker, BrokerCheck, ConsumerCheck, EventWorkers, OutboxCheck, OutboxRelay, Subscription,
     outbox::OutboxGauges,
 };
 use dockyard_runtime::{
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     SERVICE,
-    admission::Admission,
+    admission::{Admission, Signals},
     catalog::CatalogClient,
     config::Settings,
     events::{Deadline, StockEvents},
@@ -35,6 +35,7 @@ pub struct Application {
     relay: OutboxRelay,
     deadline: Deadline,
     admission: Arc<Admission>,
+    outbox: OutboxGauges,
 }
 
 impl std::fmt::Debug for Application {
@@ -65,6 +66,7 @@ impl Application {
         let health = Health::new(SERVICE)
             .with_check(DatabaseCheck::new(database.clone()))
             .with_check(BrokerCheck(broker.clone()))
+            .with_check(OutboxCheck(outbox.clone()))
             .with_check(ConsumerCheck(subscription.status()));
         let mut metrics = Metrics::new();
         subscription.status().register(&mut metrics);
@@ -103,6 +105,7 @@ impl Application {
             relay,
             deadline,
             admission,
+            outbox,
         })
     }
 
@@ -113,6 +116,10 @@ impl Application {
     /// Serves until `shutdown`; then drains HTTP, stops the deadline, stops the consumer
     /// after its current message, flushes the relay, closes the broker and the pool.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let signals = Signals {
+            broker: self.broker.clone(),
+            outbox: self.outbox,
+        };
         let workers = EventWorkers::start(
             self.database.pool().clone(),
             self.broker,
@@ -121,10 +128,11 @@ impl Application {
         );
         let stop_deadline = CancellationToken::new();
         let deadline = tokio::spawn(self.deadline.run(stop_deadline.clone()));
-        let admission = tokio::spawn(
-            self.admission
-                .run(self.database.pool().clone(), stop_deadline.clone()),
-        );
+        let admission = tokio::spawn(self.admission.run(
+            self.database.pool().clone(),
+            signals,
+            stop_deadline.clone(),
+        ));
         let served = self.server.run_until_stopped(shutdown).await;
         stop_deadline.cancel();
         let _ = deadline.await;

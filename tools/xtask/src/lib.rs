@@ -23,14 +23,18 @@
 //! - [`conformance`]: the schemathesis runs.
 //! - [`console_test`]: the browser test of the console.
 //! - [`chaos`]: the fault suite.
+//! - [`clients`]: the fault runs' load clients: customers writing a [`ledger`], readers.
+//! - [`ledger`]: what the clients were told, and the checker that judges a run by it.
 //! - [`saga_bench`]: the saga's benchmark.
 
 pub mod catalog_bench;
 pub mod chaos;
+pub mod clients;
 pub mod conformance;
 pub mod console_test;
 pub mod database;
 pub mod dev_keys;
+pub mod ledger;
 pub mod load;
 pub mod logs;
 pub mod products;

@@ -525,13 +525,24 @@ impl Stack {
     /// Starts one more catalog instance and publishes it; the gateway picks it up on its next
     /// discovery round, after a passing health check.
     pub async fn add_catalog(&mut self) -> anyhow::Result<String> {
+        self.add_catalog_with(&[]).await
+    }
+
+    /// [`Stack::add_catalog`], with `overrides` of its environment (say, a `DATABASE_URL`
+    /// through a proxy a test cuts).
+    pub async fn add_catalog_with(
+        &mut self,
+        overrides: &[(&'static str, String)],
+    ) -> anyhow::Result<String> {
         let index = self
             .instances
             .iter()
             .filter(|i| i.name.starts_with("catalog-"))
             .count();
         let name = format!("catalog-{}", index + 1);
-        let env = self.catalog_env();
+        let mut env = self.catalog_env();
+        env.retain(|(key, _)| !overrides.iter().any(|(k, _)| k == key));
+        env.extend(overrides.iter().cloned());
         let instance = self.spawn(
             &name,
             ip(10, index),
@@ -570,6 +581,46 @@ impl Stack {
     /// an orchestrator restarts a crashed container; returns once the new one is ready.
     pub async fn crash_and_restart(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
         self.replace(name, Signal::SIGKILL).await
+    }
+
+    /// Crashes every instance in `names` at once (SIGKILL) and starts a new process for each,
+    /// so all of them are down together, as when a node with all of a service's replicas
+    /// fails; returns once every new one is ready.
+    pub async fn crash_together(&mut self, names: &[&str]) -> anyhow::Result<()> {
+        let mut old = Vec::new();
+        for name in names {
+            let index = self
+                .instances
+                .iter()
+                .position(|i| i.name == *name)
+                .with_context(|| format!("no instance {name}"))?;
+            let instance = self.instances.remove(index);
+            instance.signal(Signal::SIGKILL);
+            old.push((index, instance));
+        }
+        let mut new = Vec::new();
+        for (index, mut instance) in old {
+            instance.child.wait().await?;
+            let args: Vec<&str> = instance.args.iter().map(String::as_str).collect();
+            let started = self.spawn(
+                &instance.name,
+                instance.ip,
+                instance.port,
+                &instance.binary,
+                &args,
+                &instance.env,
+            )?;
+            new.push((index, started));
+        }
+        for (_, instance) in &new {
+            wait_until_ready(&instance.url()).await?;
+        }
+        // Back where they were, in the order they were taken out.
+        for (index, instance) in new.into_iter().rev() {
+            self.instances
+                .insert(index.min(self.instances.len()), instance);
+        }
+        Ok(())
     }
 
     async fn replace(&mut self, name: &str, signal: Signal) -> anyhow::Result<ExitStatus> {

@@ -602,3 +602,245 @@ async fn one_orders_trace_crosses_the_gateway_the_services_and_the_broker() {
     request_lines_carry_their_span(&log, trace_id, &[&edge, &placing]);
     drop(guard);
 }
+
+/// The platform with its RabbitMQ connections through a proxy the test cuts: every service
+/// reaches the broker through it.
+async fn platform_behind_a_broker_proxy(
+    catalog_instances: usize,
+) -> (stack::Stack, Guard, dockyard_testkit::TcpProxy) {
+    let sandbox = Sandbox::new("outage");
+    let (proxy, via_proxy) = dockyard_testkit::TcpProxy::in_front_of(&sandbox.amqp_url).await;
+    proxy.restore().await;
+    let mut options = sandbox.options(catalog_instances, stack::bin_dir(false));
+    options.amqp_url = via_proxy;
+    // Four customers from one address: well under the limit.
+    options.gateway_env = vec![("RATE_LIMIT_PER_SEC", "1000".to_owned())];
+    let platform = stack::Stack::start(options).await.unwrap();
+    (platform, Guard(sandbox), proxy)
+}
+
+/// Four customers placing about 40 keyed orders a second through the gateway (each retried with
+/// its key for 20 s), writing to `ledger`, and a reader from its own address, until `stop`.
+fn keyed_load(
+    platform: &stack::Stack,
+    products: &[String],
+    (ledger, reads): (
+        &Arc<xtask::ledger::Ledger>,
+        &Arc<std::sync::Mutex<xtask::clients::Reads>>,
+    ),
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use xtask::clients;
+    let gateway = &platform.gateway_url;
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = (0..4)
+        .map(|n| {
+            let id = uuid::Uuid::now_v7();
+            let customer = clients::Customer {
+                gateway: gateway.clone(),
+                id,
+                token: platform.token(&id.to_string(), &[]),
+                products: products.to_vec(),
+                first_product: n,
+                pace: Duration::from_millis(100),
+                patience: Duration::from_secs(20),
+                cancel_every: 0,
+            };
+            tokio::spawn(clients::customer(
+                customer,
+                Arc::clone(ledger),
+                Arc::clone(stop),
+            ))
+        })
+        .collect();
+    tasks.push(tokio::spawn(clients::reader(
+        gateway.clone(),
+        products[0].clone(),
+        [127, 0, 0, 6],
+        Duration::from_millis(20),
+        (Arc::clone(ledger), Arc::clone(reads)),
+        Arc::clone(stop),
+    )));
+    tasks
+}
+
+/// Waits up to `within` of `since` for no order to be pending, then judges `ledger` against
+/// the sandbox's databases (for up to 10 s more, while the stock follows); the checks.
+async fn judged(
+    sandbox: &Sandbox,
+    ledger: &xtask::ledger::Ledger,
+    products: &[String],
+    stock: i64,
+    (since, within): (tokio::time::Instant, Duration),
+    expect: &xtask::ledger::Expectations,
+) -> (i64, Vec<xtask::ledger::Check>) {
+    let connect = |name: &str| {
+        let url = xtask::database::url_of(&sandbox.server_url, name).unwrap();
+        async move { sqlx::PgPool::connect(&url).await.unwrap() }
+    };
+    let orders = connect(&sandbox.order_database).await;
+    let catalog = connect(&sandbox.catalog_database).await;
+    let mut pending = i64::MAX;
+    while since.elapsed() < within {
+        pending = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+            .fetch_one(&orders)
+            .await
+            .unwrap();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let placements = ledger.placements();
+    let mut checks = Vec::new();
+    for _ in 0..50 {
+        let snapshot = xtask::ledger::snapshot(&orders, &catalog, products, stock)
+            .await
+            .unwrap();
+        checks = xtask::ledger::judge(&placements, &snapshot, expect);
+        if checks.iter().all(|c| c.holds) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    orders.close().await;
+    catalog.close().await;
+    (pending, checks)
+}
+
+#[tokio::test]
+async fn a_broker_outage_refuses_no_order_and_fails_no_read() {
+    use xtask::{clients, ledger};
+    let (platform, guard, proxy) = platform_behind_a_broker_proxy(2).await;
+    let gateway = platform.gateway_url.clone();
+    let editor = platform.token("outage-editor", &["catalog:write"]);
+    let stock = 1_000_000;
+    let products = xtask::products::create(
+        &format!("{gateway}/api/catalog/products"),
+        "Outage",
+        4,
+        100,
+        stock,
+        editor.as_deref(),
+    )
+    .await
+    .unwrap();
+    let ledger = Arc::new(ledger::Ledger::default());
+    let reads = Arc::new(std::sync::Mutex::new(clients::Reads::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = keyed_load(&platform, &products, (&ledger, &reads), &stop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    proxy.cut();
+    let cut_at = ledger.now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    proxy.restore().await;
+    let restored = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("a load task panicked");
+    }
+
+    let placed_in_outage = ledger
+        .placements()
+        .iter()
+        .filter(|p| p.attempts.first().is_some_and(|a| a.at >= cut_at))
+        .count();
+    assert!(
+        placed_in_outage >= 400,
+        "a steady load throughout the outage: {placed_in_outage} placements in it"
+    );
+    // Every accepted order ends within 10 s of the broker's return; none refused, failed,
+    // lost or doubled.
+    let expect = ledger::Expectations {
+        min_accepted: placed_in_outage,
+        windows: Vec::new(),
+    };
+    let within = (restored, Duration::from_secs(10));
+    let (pending, checks) = judged(&guard.0, &ledger, &products, stock, within, &expect).await;
+    assert_eq!(
+        pending, 0,
+        "orders still pending 10 s after the broker returned"
+    );
+    assert!(
+        ledger::report(&checks),
+        "the ledger's checks (printed above)"
+    );
+    let (total, failed) = {
+        let reads = reads.lock().unwrap();
+        (reads.total, reads.failed.clone())
+    };
+    assert!(total > 500, "reads throughout: {total}");
+    assert_eq!(failed, Vec::new(), "no read failed");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn an_instance_whose_own_database_is_unreachable_leaves_rotation() {
+    let (mut platform, guard) = platform(1).await;
+    let sandbox = &guard.0;
+    let catalog_url =
+        xtask::database::url_of(&sandbox.server_url, &sandbox.catalog_database).unwrap();
+    let (proxy, via_proxy) = dockyard_testkit::TcpProxy::in_front_of(&catalog_url).await;
+    proxy.restore().await;
+    let name = platform
+        .add_catalog_with(&[("DATABASE_URL", via_proxy)])
+        .await
+        .unwrap();
+    let cut_off = platform.url_of(&name).unwrap();
+    let state = |view: Value| {
+        view["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["pools"].as_array().unwrap().iter())
+            .flat_map(|p| p["endpoints"].as_array().unwrap().iter())
+            .find(|e| e["url"] == cut_off.as_str())
+            .map(|e| e["state"].as_str().unwrap().to_owned())
+    };
+    let upstreams = || async {
+        reqwest::Client::new()
+            .get(format!("{}/upstreams", platform.admin_url()))
+            .bearer_auth("sandbox-admin-token-0123456789")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = state(upstreams().await);
+        if seen.as_deref() == Some("healthy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.as_deref(), Some("healthy"), "in rotation first");
+
+    proxy.cut();
+
+    for _ in 0..100 {
+        seen = state(upstreams().await);
+        if seen.as_deref() == Some("unhealthy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.as_deref(), Some("unhealthy"), "out of rotation");
+    let ready: Value = get_json(format!("{cut_off}/health/ready")).await;
+    assert_eq!(ready["checks"]["database"]["status"], "down", "{ready}");
+    // Reads go to the instance that has its database.
+    for _ in 0..20 {
+        let read = reqwest::get(format!(
+            "{}/api/catalog/products?limit=1",
+            platform.gateway_url
+        ))
+        .await
+        .unwrap();
+        assert_eq!(read.status(), 200);
+    }
+    proxy.restore().await;
+    platform.stop().await;
+}

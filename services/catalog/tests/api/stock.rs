@@ -324,3 +324,81 @@ async fn a_release_past_the_stock_limit_is_dead_lettered_recorded_and_blocks_not
     assert_eq!(stock, 501, "the reserved unit is back, once");
     assert_eq!(app.exchange.dead_letters("catalog").await, 0);
 }
+
+/// A batch that cancels one order and places another takes its locks in the global order
+/// (every order's saga row, then every product, each in id order): it never holds a product
+/// while it waits for an order, so it cannot deadlock with another catalog's batch.
+#[tokio::test]
+async fn a_batch_mixing_cancellations_and_placements_waits_for_no_order_while_holding_a_product() {
+    use dockyard_messaging::Handler;
+    let app = spawn_app().await;
+    let mug = product_id(&app, "MUG", 10).await;
+    let tee = product_id(&app, "TEE", 10).await;
+    let pool = app.db.pool().await;
+    let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
+    // Order x holds a reservation of the tee.
+    let mut setup = pool.begin().await.unwrap();
+    catalog::events::OrderEvents
+        .handle_batch(&mut setup, &[order_placed(x, &[(&tee, 1)])])
+        .await
+        .unwrap();
+    setup.commit().await.unwrap();
+
+    // Another catalog's transaction holds order y's saga row.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO order_sagas (order_id) VALUES ($1)")
+        .bind(y)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let cancel_x = Envelope::new("order.cancelled", x, &json!({"order_id": x}));
+    let batch = tokio::spawn({
+        let pool = pool.clone();
+        let place_y = order_placed(y, &[(&mug, 1)]);
+        async move {
+            let mut transaction = pool.begin().await.unwrap();
+            let handled = catalog::events::OrderEvents
+                .handle_batch(&mut transaction, &[cancel_x, place_y])
+                .await;
+            transaction.commit().await.unwrap();
+            handled.map(|caused| caused.len())
+        }
+    });
+    // The batch waits for order y's row (observed, not assumed).
+    let waiting = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the batch waits for order y");
+
+    // Meanwhile the other transaction can take the tee: the batch does not hold it.
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let tee_id: Uuid = tee.parse().unwrap();
+    let locked = sqlx::query("SELECT stock FROM products WHERE id = $1 FOR UPDATE")
+        .bind(tee_id)
+        .execute(&mut *other)
+        .await;
+    assert!(locked.is_ok(), "the tee was held while waiting: {locked:?}");
+    other.commit().await.unwrap();
+
+    let caused = batch.await.unwrap();
+    assert_eq!(caused.unwrap(), 1, "y answered, x released, no deadlock");
+    assert_eq!(stock_of(&app, &tee).await, 10, "x's tee given back");
+    assert_eq!(stock_of(&app, &mug).await, 9, "y's mug reserved");
+}

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 /// A test upstream: echoes who it is and what it received. `/fail` answers 500 (a bug some
-/// input triggers), `/echo` returns the request body, `/slow?ms=N` answers after N ms; while
+/// input triggers), `/shed` a load-shedding 503 (`dockyard-shed`, `Retry-After`), `/echo` returns the request body, `/slow?ms=N` answers after N ms; while
 /// `broken` is set, every request (health checks included) answers 503, as an unhealthy
 /// instance does. `hits` counts requests other than health checks.
 pub struct Upstream {
@@ -42,6 +42,12 @@ async fn answer(request: HttpRequest, body: web::Bytes, me: web::Data<Behaviour>
     }
     if request.path() == "/fail" {
         return HttpResponse::InternalServerError().body("a bug");
+    }
+    if request.path() == "/shed" {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "1"))
+            .insert_header((dockyard_runtime::problem::SHED_HEADER, "overloaded"))
+            .body("too many orders in progress");
     }
     if request.path() == "/echo" {
         return HttpResponse::Ok().body(body);

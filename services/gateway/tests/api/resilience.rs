@@ -256,3 +256,51 @@ async fn an_instance_passing_its_health_check_ends_the_breakers_open_period() {
         "closed again long before its 60 s open period ends"
     );
 }
+
+#[tokio::test]
+async fn a_load_shedding_503_is_relayed_once_and_never_held_against_the_instance() {
+    let (first, second) = (
+        upstream("first", "127.0.0.2", false),
+        upstream("second", "127.0.0.3", false),
+    );
+    let gateway = gateway_with(
+        &format!("/api/x={},{}", first.url, second.url),
+        &[
+            ("BREAKER_WINDOW", "10"),
+            ("BREAKER_MIN_CALLS", "5"),
+            ("BREAKER_OPEN_MS", "60000"),
+            ("EJECT_AFTER_FAILURES", "2"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        // Retryable (an Idempotency-Key): a plain 503 would be tried on the other instance.
+        let shed = client
+            .post(format!("{}/api/x/shed", gateway.url))
+            .header("idempotency-key", "k")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()["retry-after"], "1", "relayed as it came");
+        assert_eq!(
+            shed.headers()[dockyard_runtime::problem::SHED_HEADER],
+            "overloaded"
+        );
+    }
+    assert_eq!(
+        first.hits() + second.hits(),
+        20,
+        "each shed request was sent once"
+    );
+    let view = gateway.upstreams().await;
+    let pool = &view["routes"][0]["pools"][0];
+    assert_eq!(pool["breaker"], "closed", "{view}");
+    for endpoint in pool["endpoints"].as_array().unwrap() {
+        assert_eq!(endpoint["state"], "healthy", "not ejected: {view}");
+    }
+    let get = client.get(format!("{}/api/x/item", gateway.url)).send();
+    assert_eq!(get.await.unwrap().status(), 200);
+}

@@ -5,7 +5,7 @@
 
 mod placer;
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context;
 use dockyard_contracts::{OrderCancelled, OrderLine, OrderPlaced, SagaEvent};
@@ -423,6 +423,9 @@ type DueRow = (Uuid, Json<Vec<Line>>, i16, Option<Uuid>);
 /// What the deadline did to one due order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
+    /// `order.placed` has not left the outbox yet (the broker is away): the deadline starts
+    /// again, and the order keeps every re-publication it has left.
+    StillInOutbox,
     /// `order.placed` published again, with a new deadline.
     Republished,
     /// Rejected with reason `timeout`, and compensated.
@@ -431,8 +434,10 @@ pub enum Deadline {
 
 /// Handles up to `limit` pending orders whose deadline has passed, in one transaction: each
 /// gets its placement event published again (the same event, same id) while it has had at most
-/// `republish` re-publications, else it is rejected (`timeout`) and compensated. Rows are claimed with `SKIP LOCKED`, so
-/// every instance may run this at once.
+/// `republish` re-publications, else it is rejected (`timeout`) and compensated — unless its
+/// placement event still waits in the outbox: an order the catalog could not have heard of yet
+/// (the broker is away) is neither re-published nor rejected, only given a new deadline. Rows
+/// are claimed with `SKIP LOCKED`, so every instance may run this at once.
 pub async fn sweep_due(
     pool: &sqlx::PgPool,
     limit: i64,
@@ -449,8 +454,26 @@ pub async fn sweep_due(
     .bind(limit)
     .fetch_all(&mut *transaction)
     .await?;
+    let events: Vec<Uuid> = due.iter().filter_map(|row| row.3).collect();
+    let unsent: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM outbox WHERE id = ANY($1)")
+        .bind(&events)
+        .fetch_all(&mut *transaction)
+        .await?
+        .into_iter()
+        .collect();
     let mut done = Vec::with_capacity(due.len());
     for (order_id, Json(lines), placements, placed_id) in due {
+        if placed_id.is_some_and(|id| unsent.contains(&id)) {
+            sqlx::query(
+                "UPDATE orders SET due_at = now() + make_interval(secs => $2) WHERE id = $1",
+            )
+            .bind(order_id)
+            .bind(timeout.as_secs_f64())
+            .execute(&mut *transaction)
+            .await?;
+            done.push((order_id, Deadline::StillInOutbox));
+            continue;
+        }
         let republications = u32::try_from(placements).unwrap_or(1).saturating_sub(1);
         if republications < republish {
             sqlx::query(

@@ -241,6 +241,31 @@ impl Platform {
         }
     }
 
+    /// Waits up to 10 s until the order service reports its broker connection `up` (it is
+    /// ready before that: the broker is shared, so its absence only degrades).
+    pub async fn broker_connected(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let report: Value = self
+                .client
+                .get(format!("{}/health/ready", self.order.address))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if report["checks"]["broker"]["status"] == "up" {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broker stayed away: {report}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn place(&self, key: &str, body: &Value) -> Response {
         self.client
             .post(format!("{}/orders", self.order.address))

@@ -126,8 +126,7 @@ async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_re
     let (catalog_db, order_db) = databases().await;
     let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
     let catalog = start_catalog(&catalog_db, &exchange);
-    let proxy = TcpProxy::down("127.0.0.1:5672".parse().unwrap()).await;
-    let via_proxy = amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port()));
+    let (proxy, via_proxy) = TcpProxy::in_front_of(&amqp_url()).await;
     let order = start_order(&order_db, &exchange, &via_proxy, &catalog.address);
     let platform = Platform::new(exchange, (catalog_db, order_db), Some(catalog), order);
     let mug = platform.product("MUG", 10).await;
@@ -146,10 +145,14 @@ async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_re
         .send()
         .await
         .unwrap();
-    assert_eq!(ready.status(), 503, "not ready without the broker");
+    assert_eq!(
+        ready.status(),
+        200,
+        "still ready: the broker is shared by every replica, and placements wait in the outbox"
+    );
     assert_eq!(
         ready.json::<Value>().await.unwrap()["checks"]["broker"]["status"],
-        "down"
+        "degraded"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(platform.order(&ids[0]).await["status"], "pending");
@@ -170,6 +173,47 @@ async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_re
         .metric_until("dockyard_outbox_backlog", |n| n < 0.5)
         .await;
     assert_eq!(platform.stock(&mug).await, 7);
+}
+
+#[tokio::test]
+async fn an_order_whose_placement_waits_in_the_outbox_outlives_its_deadline() {
+    let (catalog_db, order_db) = databases().await;
+    let exchange = dockyard_messaging::testing::TestExchange::new(dockyard_contracts::topology());
+    let catalog = start_catalog(&catalog_db, &exchange);
+    let (proxy, via_proxy) = TcpProxy::in_front_of(&amqp_url()).await;
+    // Every order ends within 2 × 1 s of its placement reaching the catalog.
+    let order = start_order_with(
+        &order_db,
+        &exchange,
+        &via_proxy,
+        &catalog.address,
+        &[
+            ("ORDER_PENDING_TIMEOUT", "1s"),
+            ("ORDER_PENDING_REPUBLISH", "1"),
+        ],
+    );
+    let platform = Platform::new(exchange, (catalog_db, order_db), Some(catalog), order);
+    let mug = platform.product("MUG", 10).await;
+    let id = platform
+        .place_ok(&order_body(Uuid::now_v7(), &[(&mug, 1)]))
+        .await;
+    // The broker stays away for three deadlines: the placement has not left the outbox.
+    platform
+        .metric_until("dockyard_outbox_oldest_unsent_seconds", |s| s > 3.0)
+        .await;
+    assert_eq!(
+        platform.order(&id).await["status"],
+        "pending",
+        "not timed out"
+    );
+
+    proxy.restore().await;
+
+    assert_eq!(platform.settled(&id).await["status"], "confirmed");
+    assert_eq!(
+        platform.metric("dockyard_order_saga_timeouts_total").await,
+        Some(0.0)
+    );
 }
 
 #[tokio::test]
@@ -269,6 +313,8 @@ async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_
         &[("ORDER_ADMISSION_BACKLOG", "3")],
     );
     let mut platform = Platform::new(exchange, (catalog_db, order_db), None, order);
+    // Connected first: orders placed while the broker is away are not the saga's backlog.
+    platform.broker_connected().await;
     let body = order_body(Uuid::now_v7(), &[(&mug, 1)]);
     let first = platform.place("let-in-first", &body).await;
     assert_eq!(first.status(), 202);
@@ -277,7 +323,9 @@ async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_
         platform.place_ok(&body).await;
     }
     // Three orders pending: the backlog is full once they are counted.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    platform
+        .metric_until("dockyard_order_pending", |n| (n - 3.0).abs() < 0.5)
+        .await;
 
     // A retry of an order let in before (its answer was lost) gets that answer, not a 503,
     // and is not counted as shed.
