@@ -34,6 +34,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ClientFault {
     over_limit: AtomicBool,
     unreadable: AtomicBool,
+    /// The body stalled past `BODY_TIMEOUT` ([`crate::connections`]).
+    stalled: AtomicBool,
     /// The rest of a body cut at the limit, to be drained before the answer.
     rest: Mutex<Option<Incoming>>,
 }
@@ -47,11 +49,43 @@ impl ClientFault {
                 drain(rest).await;
             }
             Some(too_large(limit))
+        } else if self.stalled.load(Ordering::Acquire) {
+            Some(stalled())
         } else if self.unreadable.load(Ordering::Acquire) {
             Some(Problem::bad_request("the request body could not be read"))
         } else {
             None
         }
+    }
+}
+
+/// `408`: the client stopped sending its body for longer than `BODY_TIMEOUT`.
+fn stalled() -> Problem {
+    Problem::new(ProblemStatus::REQUEST_TIMEOUT)
+        .detail("the request body stalled: no byte came for longer than the body time-out")
+}
+
+/// Whether reading the body failed because the connection's body time-out cut it.
+fn timed_out(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The problem of a body that could not be read: `408` if it stalled, else `400`.
+fn unreadable(error: &hyper::Error) -> Problem {
+    if timed_out(error) {
+        stalled()
+    } else {
+        Problem::bad_request(format!("could not read the body: {error}"))
     }
 }
 
@@ -78,8 +112,7 @@ pub async fn drain(mut body: Incoming) {
 pub async fn buffer(mut body: Incoming, limit: usize) -> Result<Bytes, Problem> {
     let mut buffered = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| Problem::bad_request(format!("could not read the body: {e}")))?;
+        let frame = frame.map_err(|e| unreadable(&e))?;
         if let Some(data) = frame.data_ref() {
             if buffered.len() + data.len() > limit {
                 drain(body).await;
@@ -141,6 +174,9 @@ impl Body for Capped {
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(error)) => {
+                if timed_out(&error) {
+                    this.fault.stalled.store(true, Ordering::Release);
+                }
                 this.fault.unreadable.store(true, Ordering::Release);
                 Poll::Ready(Some(Err(Box::new(error))))
             }

@@ -20,6 +20,7 @@ use url::Url;
 
 use crate::{
     auth::{AuthConfig, KeySource, PolicyRule},
+    connections::{self, Limits},
     paths::InternalPaths,
     pool::{HealthPolicy, PoolKind},
     routes::RouteSpec,
@@ -28,7 +29,8 @@ use crate::{
 
 /// From `ROUTES`, `GREEN_ROUTES`, `CANARY_*`, `DISCOVERY_*`, `HEALTH_CHECK_*`, `UPSTREAM_*`,
 /// `EJECT_*`, `BREAKER_*`, `RETRY_*`, `RATE_LIMIT_*`, `TRUSTED_PROXIES`, `MAX_BODY_BYTES`,
-/// `AUTH_*`, `INTERNAL_PATHS`, `ADMIN_*`.
+/// `HEADER_TIMEOUT`, `KEEPALIVE_IDLE_TIMEOUT`, `BODY_TIMEOUT`, `MAX_CONNECTIONS`, `AUTH_*`,
+/// `INTERNAL_PATHS`, `ADMIN_*`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewayEnv {
     /// The stable (blue) pool of every route: `prefix=url[,url…][;prefix=url…]`, e.g.
@@ -127,6 +129,20 @@ pub struct GatewayEnv {
     /// Largest request body accepted (413 above).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A request head must arrive whole within this of its first byte (of the connection's
+    /// start, for its first request): `408` and close past it (`10s`, `500ms`).
+    #[serde(with = "humantime_serde", default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// A kept-alive connection with no request is closed after this.
+    #[serde(with = "humantime_serde", default = "default_keepalive_idle_timeout")]
+    pub keepalive_idle_timeout: Duration,
+    /// A request body that stalls (no byte while the gateway waits for one) is cut after this.
+    #[serde(with = "humantime_serde", default = "default_body_timeout")]
+    pub body_timeout: Duration,
+    /// Open client connections at most; by default derived from the process's descriptor
+    /// limit ([`crate::connections::budget`]).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Bearer tokens are verified with the keys of this JWKS file…
     #[serde(default)]
     pub auth_jwks_file: Option<PathBuf>,
@@ -244,6 +260,18 @@ fn default_breaker_open_ms() -> u64 {
 fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_keepalive_idle_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(15)
+}
 fn default_admin_host() -> String {
     "127.0.0.1".to_owned()
 }
@@ -296,6 +324,8 @@ pub struct GatewayConfig {
     pub rate_limit_burst: Option<u32>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_body_bytes: usize,
+    /// The client connections' time limits and budget.
+    pub connections: Limits,
     /// `None`: no token is verified and every route is public.
     pub auth: Option<AuthConfig>,
     pub internal_paths: InternalPaths,
@@ -353,6 +383,7 @@ impl GatewayEnv {
         let internal_paths = InternalPaths::parse(&self.internal_paths)
             .map_err(|reason| ConfigError::new("INTERNAL_PATHS", reason))?;
         let admin = self.admin()?;
+        let connections = self.connection_limits()?;
         let ms = Duration::from_millis;
         Ok(GatewayConfig {
             routes,
@@ -390,9 +421,36 @@ impl GatewayEnv {
             rate_limit_burst: self.rate_limit_burst,
             trusted_proxies,
             max_body_bytes: self.max_body_bytes,
+            connections,
             auth,
             internal_paths,
             admin,
+        })
+    }
+
+    /// The time limits (none under 100 ms) and the connection budget: `MAX_CONNECTIONS`, or
+    /// derived from the descriptors this process may open (its soft limit raised to the hard
+    /// one first).
+    fn connection_limits(&self) -> Result<Limits, ConfigError> {
+        for (variable, value) in [
+            ("HEADER_TIMEOUT", self.header_timeout),
+            ("KEEPALIVE_IDLE_TIMEOUT", self.keepalive_idle_timeout),
+            ("BODY_TIMEOUT", self.body_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(ConfigError::new(variable, "must be at least 100ms"));
+            }
+        }
+        let max_connections = match self.max_connections {
+            Some(0) => return Err(ConfigError::new("MAX_CONNECTIONS", "must be at least 1")),
+            Some(max) => max,
+            None => connections::budget(connections::descriptor_limit()),
+        };
+        Ok(Limits {
+            header: self.header_timeout,
+            idle: self.keepalive_idle_timeout,
+            body: self.body_timeout,
+            max_connections,
         })
     }
 

@@ -12,14 +12,20 @@
 //! parser accepts, so hyper answers `400 Bad Request` and closes the connection. Anything it
 //! cannot follow (a protocol upgrade, a head hyper will refuse anyway) ends the watch for that
 //! connection.
+//!
+//! What it follows also tells the connection's time limits where the stream is (waiting for a
+//! head, in one, in a body; [`crate::connections`]), and when the sweeper marks the connection
+//! as past a limit, its next read ends it: with a `408` written first when a head was late.
 
 use std::{
     io,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::connections::{Conn, Expiry, Phase, REQUEST_TIMEOUT};
 
 /// Longest request head followed; hyper refuses longer ones (its read buffer is this size).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -31,27 +37,57 @@ const MAX_HEADERS: usize = 100;
 pub struct Guarded<S> {
     inner: S,
     scanner: Scanner,
+    conn: std::sync::Arc<Conn>,
 }
 
 impl<S> Guarded<S> {
-    pub fn new(inner: S) -> Self {
+    pub fn new(inner: S, conn: std::sync::Arc<Conn>) -> Self {
         Self {
             inner,
             scanner: Scanner::default(),
+            conn,
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    /// Ends the connection past a limit: a `408` first if a head was late (best effort: the
+    /// client sent little, so the socket has room), then an error hyper closes it on.
+    fn expire(&mut self, cx: &mut Context<'_>, expiry: Expiry) -> Poll<io::Result<()>> {
+        if expiry == Expiry::Header {
+            let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT);
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            expiry.reason(),
+        )))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(expiry) = this.conn.expired() {
+            return this.expire(cx, expiry);
+        }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        this.scanner.feed(&mut buf.filled_mut()[before..]);
+        if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_pending() {
+            this.conn.waiting(cx.waker());
+            // Marked between the check above and the waker's registration: no wake-up comes.
+            if let Some(expiry) = this.conn.expired() {
+                return this.expire(cx, expiry);
+            }
+            return Poll::Pending;
+        }
+        let read = &mut buf.filled_mut()[before..];
+        if !read.is_empty() {
+            this.scanner.feed(read);
+            this.conn.progressed(this.scanner.phase());
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -138,6 +174,16 @@ impl Default for Scanner {
 }
 
 impl Scanner {
+    /// Where the stream is now.
+    fn phase(&self) -> Phase {
+        match self.state {
+            State::Head if self.head.is_empty() => Phase::Waiting,
+            State::Head => Phase::Head,
+            State::Off => Phase::Untracked,
+            _ => Phase::Body,
+        }
+    }
+
     /// Follows `bytes` (just read); poisons an ambiguous head in place.
     fn feed(&mut self, bytes: &mut [u8]) {
         let mut at = 0;

@@ -36,6 +36,7 @@ pub mod body;
 pub mod checks;
 pub mod choice;
 pub mod config;
+pub mod connections;
 pub mod discovery;
 pub mod framing;
 pub mod headers;

@@ -10,6 +10,10 @@
 //! Each connection is read through [`Guarded`], which refuses requests with ambiguous framing
 //! (request smuggling) before hyper parses them.
 //!
+//! Every connection is admitted against the connection budget and watched for the edge's time
+//! limits ([`crate::connections`]): a request's response body carries the guard that tells the
+//! connection its request has ended.
+//!
 //! On shutdown the listeners close, idle keep-alive connections are closed, and requests in
 //! flight finish, bounded by `SHUTDOWN_TIMEOUT_SECS`.
 
@@ -48,6 +52,7 @@ use tracing::Instrument;
 
 use crate::{
     body,
+    connections::{Connections, InFlight},
     framing::{Guarded, MAX_HEAD_BYTES},
     proxy,
     state::Gateway,
@@ -66,8 +71,8 @@ const FORWARD_ROUTE: &str = "/{path:.*}";
 const BACKLOG: u32 = 1024;
 /// How long an idle pooled connection to an upstream is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pause of the listener after a failed `accept` (out of descriptors): bounded retries.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// What every worker shares.
 #[derive(Debug)]
@@ -77,6 +82,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Connect time-out of the workers' HTTP clients.
     pub connect_timeout: Duration,
+    /// Every client connection: the budget and the time limits.
+    pub connections: Arc<Connections>,
 }
 
 /// One worker's view: the shared state, its own client, and its handles on the RED metrics.
@@ -174,6 +181,7 @@ impl DataPlane {
     /// Starts a worker thread per listener.
     pub fn start(listeners: Listeners, shared: &Arc<Shared>, drain_for: Duration) -> Self {
         let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&shared.connections).run_sweeper(stop.clone()));
         let threads = listeners
             .listeners
             .into_iter()
@@ -258,8 +266,11 @@ async fn accept(
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let connections = GracefulShutdown::new();
     let mut http = http1::Builder::new();
+    // The time limits are the connections' own (`HEADER_TIMEOUT` with a 408, idle and body
+    // time-outs), not hyper's header timer, which closes without an answer and also counts
+    // the idle time between requests.
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES)
         // As for the client: one `send` per response rather than a `writev`.
         .writev(false);
@@ -269,12 +280,17 @@ async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: counted, warned about now and
+                    // then, the idlest connection closed, and a pause rather than a spin.
+                    worker.shared.connections.accept_failed(&error);
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
             },
+        };
+        // At the budget with nothing to close: refused at once (the socket closes here).
+        let Some(registered) = worker.shared.connections.admit() else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let worker = Arc::clone(worker);
@@ -283,16 +299,22 @@ async fn accept(
             ip_header: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
         });
+        let conn = Arc::clone(&registered.conn);
         let service = service_fn(move |request| {
             let (worker, peer) = (Arc::clone(&worker), Arc::clone(&peer));
-            async move { Ok::<_, Infallible>(serve(&worker, request, &peer).await) }
+            let in_flight = conn.request();
+            async move {
+                let response = serve(&worker, request, &peer).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, in_flight }))
+            }
         });
-        let stream = TokioIo::new(Guarded::new(stream));
+        let stream = TokioIo::new(Guarded::new(stream, Arc::clone(&registered.conn)));
         let connection = connections.watch(http.serve_connection(stream, service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
+            drop(registered);
         });
     }
     drop(listener);
@@ -303,6 +325,35 @@ async fn accept(
         }
     }
     Ok(())
+}
+
+/// A response body that ends its request's [`InFlight`] when hyper is done with it (sent, or
+/// dropped with the connection): the connection is idle from then on.
+#[derive(Debug)]
+pub struct Tracked {
+    body: Body,
+    #[allow(dead_code)] // held for its Drop
+    in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// One request: the process's own health routes, else forwarded (its metrics are on the admin

@@ -12,6 +12,7 @@ use crate::{
     SERVICE,
     auth::Authenticator,
     config::Settings,
+    connections::Connections,
     metrics::GatewayMetrics,
     server::{DataPlane, Listeners, Shared},
     state::Gateway,
@@ -42,6 +43,15 @@ impl Application {
         let gateway_metrics = Arc::new(GatewayMetrics::new());
         let mut metrics = Metrics::new();
         gateway_metrics.register(&mut metrics);
+        let connections = Connections::new(config.connections, &mut metrics);
+        let limits = connections.limits();
+        tracing::info!(
+            max_connections = limits.max_connections,
+            header_timeout_ms = limits.header.as_millis(),
+            keepalive_idle_timeout_ms = limits.idle.as_millis(),
+            body_timeout_ms = limits.body.as_millis(),
+            "client connection limits"
+        );
         let auth = if let Some(auth) = config.auth.clone() {
             Some(Authenticator::load(auth).await?)
         } else {
@@ -69,6 +79,7 @@ impl Application {
             health: Arc::new(Health::new(SERVICE)),
             metrics,
             connect_timeout: config.connect_timeout,
+            connections,
         });
         Ok(Self {
             listeners,

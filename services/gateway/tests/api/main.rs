@@ -3,6 +3,7 @@
 //! `kill.rs` the upstreams are separate processes, and in `discovery.rs` a real DNS server
 //! on loopback names them.
 
+mod connections;
 mod discovery;
 mod edge;
 mod helpers;
