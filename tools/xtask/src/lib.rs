@@ -10,6 +10,10 @@
 //! - `chaos`: faults under load, then the saga's invariants ([`chaos`]).
 //! - `saga-bench`: the saga at saturation, at 80 % and at 2× ([`saga_bench`], `bench/saga.sh`).
 //! - `token`: a bearer token signed with the local key ([`dev_keys`]).
+//! - `images`: local base images from Debian packages, for a host without a registry
+//!   ([`docker`], `deploy/offline/images.sh`).
+//! - `compose-test`: the images built and `docker compose up` tried as a user would
+//!   ([`compose_test`]).
 //!
 //! # Layout
 //! - [`stack`]: starts and stops the platform: databases, one-off `migrate`/`seed`, then
@@ -25,15 +29,19 @@
 //! - [`chaos`]: the fault suite.
 //! - [`clients`]: the fault runs' load clients: customers writing a [`ledger`], readers.
 //! - [`ledger`]: what the clients were told, and the checker that judges a run by it.
+//! - [`docker`]: the Docker engine, and `docker` / `docker compose` for one project.
+//! - [`compose_test`]: the container suite.
 //! - [`saga_bench`]: the saga's benchmark.
 
 pub mod catalog_bench;
 pub mod chaos;
 pub mod clients;
+pub mod compose_test;
 pub mod conformance;
 pub mod console_test;
 pub mod database;
 pub mod dev_keys;
+pub mod docker;
 pub mod ledger;
 pub mod load;
 pub mod logs;

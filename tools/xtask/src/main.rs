@@ -126,6 +126,22 @@ enum Task {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Build the local base images from Debian packages (a builder with this host's Rust
+    /// toolchain, a distroless-like runtime, PostgreSQL, RabbitMQ, Prometheus) for a host with
+    /// no registry; a no-op for those that exist. Then:
+    /// `docker compose --env-file deploy/offline.env up -d --wait`.
+    Images,
+    /// Build the images and run the stack with `docker compose` as a user would: the README's
+    /// walk-through, scaling, self-healing, stop under load, container hardening, Prometheus
+    /// (starts the Docker engine when none answers; takes the project down at the end).
+    ComposeTest {
+        /// Compose's `--env-file`, e.g. `deploy/offline.env` on a host with no registry.
+        #[arg(long)]
+        env_file: Option<std::path::PathBuf>,
+        /// Empty the build cache first (`docker builder prune`): the first build is a cold one.
+        #[arg(long)]
+        cold: bool,
+    },
     /// Drive realistic users through the gateway and report req/s and latencies per endpoint.
     Load {
         /// The gateway's base URL.
@@ -189,6 +205,11 @@ async fn main() -> ExitCode {
             up(options, release).await
         }
         Task::Token { sub, scope, ttl } => token(&sub, &scope, ttl),
+        Task::Images => verdict("images", xtask::docker::images().await.map(|()| true)),
+        Task::ComposeTest { env_file, cold } => verdict(
+            "compose-test",
+            xtask::compose_test::run(xtask::compose_test::Options { env_file, cold }).await,
+        ),
         Task::Conformance { release } => verdict(
             "conformance",
             xtask::conformance::run(stack::bin_dir(release)).await,
