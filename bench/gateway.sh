@@ -2,15 +2,17 @@
 # Gateway benchmark: the same upstream measured directly, through Dockyard's gateway, and
 # through nginx, HAProxy and Caddy (each configured fairly: connections to the upstream kept
 # alive and reused, no access log, 2 workers/threads), under the same wrk load, in one run.
-# Prints req/s, p50 and p99 latency for each, and the ratios. Then, if `oha` is installed
-# (`cargo install oha --locked`), a fixed-rate pass at half of the gateway's saturation rate
-# with latency corrected for coordinated omission, printing each proxy's p99 over direct's.
+# Prints req/s, p50 and p99 latency for each, the errors wrk counted (non-2xx answers, socket
+# errors: a run with any is marked INVALID and the script exits 1), and the ratios. Then a
+# fixed-rate pass with oha at half of the gateway's saturation rate, latency corrected for
+# coordinated omission, printing each proxy's p99 over direct's and oha's non-2xx and errors.
 #
 #   bash bench/gateway.sh                  # 3 interleaved rounds of 5 s per target, 64 connections
 #   DURATION=30s CONNECTIONS=128 GATEWAY_WORKERS=1 bash bench/gateway.sh
 #   GATEWAY_BIN=/tmp/gateway-before bash bench/gateway.sh   # another build of the gateway
 #
-# Needs Debian's nginx, haproxy, caddy and wrk (installed if missing). Everything listens on
+# Needs Debian's nginx, haproxy, caddy and wrk, and oha (all installed if missing; oha with
+# `cargo install oha --locked`, about 5 minutes). Everything listens on
 # loopback only and
 # stops when the script ends. The upstream is an nginx `return 200`, so it is never the
 # bottleneck being measured. On a 2-core machine the load generator, the proxy and the upstream
@@ -36,6 +38,10 @@ for tool in nginx haproxy caddy wrk; do command -v "$tool" >/dev/null || missing
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+command -v oha >/dev/null || cargo install --quiet --locked oha
+for tool in nginx haproxy caddy wrk oha; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing and could not be installed" >&2; exit 1; }
+done
 if [[ -z ${GATEWAY_BIN:-} ]]; then
   cargo build --release -q -p gateway
   GATEWAY_BIN=target/release/gateway
@@ -119,11 +125,14 @@ for url in "http://$GATEWAY/api/x/item" "http://$HAPROXY/api/x/item" "http://$CA
   curl -sf "$url" >/dev/null || { echo "no answer from $url" >&2; exit 1; }
 done
 
-measure() { # label, url: one wrk pass, appended to $work/passes as "label req/s p50 p99"
+measure() { # label, url: one wrk pass, appended to $work/passes as "label req/s p50 p99 errors"
   local out
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
+  # Errors: answers other than 2xx/3xx, and connect/read/write/timeout socket errors.
   awk -v label="$1" '/Requests\/sec/ {rps = $2} $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
-    END {print label, rps, p50, p99}' <<<"$out" >>"$work/passes"
+    /Non-2xx or 3xx responses:/ {errors += $NF}
+    /Socket errors:/ {gsub(/,/, ""); errors += $4 + $6 + $8 + $10}
+    END {print label, rps, p50, p99, errors + 0}' <<<"$out" >>"$work/passes"
 }
 
 declare -A URLS=(
@@ -142,18 +151,23 @@ done
 python3 - "$work/passes" "$work/rps" "${TARGETS[@]}" <<'PY'
 import sys
 passes, out, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
-rows = {}
+rows, errors = {}, {}
 for line in open(passes):
-    label, rps, p50, p99 = line.split()
+    label, rps, p50, p99, failed = line.split()
     rows.setdefault(label, []).append((float(rps), p50, p99))
-print(f"{'target':<10} {'req/s':>12} {'p50':>10} {'p99':>10}   rounds (req/s)")
+    errors[label] = errors.get(label, 0) + int(failed)
+print(f"{'target':<10} {'req/s':>12} {'p50':>10} {'p99':>10} {'errors':>7}   rounds (req/s)")
 with open(out, "w") as table:
     for label in targets:
         runs = sorted(rows[label])
         rps, p50, p99 = runs[len(runs) // 2]
         every = " ".join(f"{r:.0f}" for r, _, _ in rows[label])
-        print(f"{label:<10} {rps:12.0f} {p50:>10} {p99:>10}   {every}")
+        print(f"{label:<10} {rps:12.0f} {p50:>10} {p99:>10} {errors[label]:>7}   {every}")
         table.write(f"{label} {rps}\n")
+bad = [label for label in targets if errors[label]]
+if bad:
+    print(f"INVALID: errors (non-2xx answers or socket errors) from {', '.join(bad)}")
+    open(out + ".invalid", "w").write(" ".join(bad))
 PY
 awk '{r[$1] = $2} END {
   printf "gateway/haproxy req/s: %.2f (target >= 1.0)   gateway/nginx: %.2f   gateway/caddy: %.2f   gateway/direct: %.2f\n",
@@ -185,14 +199,10 @@ PY
 
 # Fixed rate: half of the gateway's saturation rate, latency corrected for coordinated
 # omission (wrk cannot hold a rate). p99 added = the target's p99 minus direct's.
-if ! command -v oha >/dev/null; then
-  echo "fixed-rate pass skipped: oha is not installed (cargo install oha --locked)"
-  exit 0
-fi
 rate=$(awk '$1 == "gateway" {printf "%d", $2 / 2}' "$work/rps")
 echo
 echo "oha -q $rate --latency-correction -c $CONNECTIONS -z ${FIXED_SECONDS}s (half the gateway's saturation)"
-printf '%-10s %12s %10s %10s %14s\n' target req/s p50 p99 'p99 added'
+printf '%-10s %12s %10s %10s %14s %7s\n' target req/s p50 p99 'p99 added' errors
 for target in "${TARGETS[@]}"; do
   oha -q "$rate" --latency-correction -c "$CONNECTIONS" -z 2s --no-tui "${URLS[$target]}" >/dev/null # warm-up
   oha -q "$rate" --latency-correction -c "$CONNECTIONS" -z "${FIXED_SECONDS}s" --no-tui --output-format json \
@@ -211,9 +221,20 @@ if target != "direct":
         if name == "direct":
             base = float(value)
 added = f"{p99 - base:+.2f} ms" if base is not None else ""
-print(f"{target:<10} {rps:12.0f} {p50:8.2f}ms {p99:8.2f}ms {added:>14}")
+# Answers other than 2xx, and requests that got none (connection errors, time-outs).
+statuses = report.get("statusCodeDistribution", {})
+errors = sum(n for code, n in statuses.items() if not 200 <= int(code) < 300)
+errors += sum(report.get("errorDistribution", {}).values())
+print(f"{target:<10} {rps:12.0f} {p50:8.2f}ms {p99:8.2f}ms {added:>14} {errors:>7}")
 with open(table, "a") as out:
     out.write(f"{target} {p99}\n")
+if errors:
+    open(table + ".invalid", "a").write(f"{target} ")
 PY
 done
 echo "target: the gateway adds <= 0.5 ms to p99"
+invalid=$(cat "$work/rps.invalid" "$work/fixed.invalid" 2>/dev/null || true)
+if [[ -n $invalid ]]; then
+  echo "INVALID RUN: errors from $invalid (see the errors columns)"
+  exit 1
+fi

@@ -79,7 +79,16 @@ measure() {
   valgrind --tool=callgrind --callgrind-out-file="$work/$label.$requests" "$@" >/dev/null 2>"$work/$label.$requests.log" &
   local pid=$!
   for _ in $(seq 150); do curl -s -o /dev/null -f "$ready" && break; sleep 0.2; done
-  oha -n "$requests" -c 1 --no-tui "$url" >/dev/null
+  oha -n "$requests" -c 1 --no-tui --output-format json "$url" >"$work/$label.$requests.json"
+  # Every request must have been answered 2xx: a run of errors would count their path instead.
+  python3 - "$work/$label.$requests.json" "$label" <<'PY' || exit 1
+import json, sys
+report = json.load(open(sys.argv[1]))
+bad = sum(n for code, n in report.get("statusCodeDistribution", {}).items() if not 200 <= int(code) < 300)
+bad += sum(report.get("errorDistribution", {}).values())
+if bad:
+    sys.exit(f"INVALID RUN: {sys.argv[2]}: {bad} request(s) not answered 2xx")
+PY
   kill -TERM "$pid"
   wait "$pid" || true
   total "$work/$label.$requests"

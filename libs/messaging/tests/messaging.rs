@@ -10,8 +10,8 @@ use std::{
 };
 
 use dockyard_messaging::{
-    Broker, BrokerConfig, Compensation, Envelope, Handler, HandlerError, HandlerFuture,
-    OutboxRelay, Subscription, Topology,
+    Broker, BrokerConfig, Compensation, ConsumerStatus, Envelope, Handler, HandlerError,
+    HandlerFuture, OutboxRelay, Subscription, Topology,
     config::QueueType,
     consumer::Caused,
     outbox,
@@ -26,6 +26,7 @@ fn test_topology() -> Topology {
 use dockyard_runtime::{
     command::{DlqCommand, Selection},
     config,
+    metrics::Metrics,
 };
 use dockyard_testkit::{TcpProxy, TestDatabase};
 use lapin::{
@@ -91,6 +92,10 @@ struct Fixture {
     /// Deleted with every queue on drop, even when the test fails.
     exchange: TestExchange,
     shutdown: CancellationToken,
+    /// The status of the consumer [`Fixture::start`] runs.
+    consumer: std::sync::Mutex<Option<Arc<ConsumerStatus>>>,
+    /// The relays and consumers that stop with `shutdown`.
+    workers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Fixture {
@@ -107,6 +112,8 @@ impl Fixture {
             pool,
             exchange: TestExchange::new(test_topology()),
             shutdown: CancellationToken::new(),
+            consumer: std::sync::Mutex::new(None),
+            workers: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -126,9 +133,15 @@ impl Fixture {
         let relay = OutboxRelay::new(self.pool.clone(), broker.clone());
         let subscription =
             Subscription::new("order", Arc::new(RecordEffects)).with_handoff(relay.handoff());
-        tokio::spawn(relay.run(self.shutdown.clone()));
-        tokio::spawn(subscription.run(self.pool.clone(), broker.clone(), self.shutdown.clone()));
+        *self.consumer.lock().unwrap() = Some(subscription.status());
+        self.spawn(relay.run(self.shutdown.clone()));
+        self.spawn(subscription.run(self.pool.clone(), broker.clone(), self.shutdown.clone()));
         broker
+    }
+
+    /// Runs `worker` (a relay or a consumer on `shutdown`) until [`Fixture::stop`].
+    fn spawn(&self, worker: impl Future<Output = ()> + Send + 'static) {
+        self.workers.lock().unwrap().push(tokio::spawn(worker));
     }
 
     async fn enqueue(&self, envelope: &Envelope) {
@@ -139,6 +152,15 @@ impl Fixture {
 
     async fn effects(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM effects")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The effects of the event `id`.
+    async fn effects_of(&self, id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1")
+            .bind(id)
             .fetch_one(&self.pool)
             .await
             .unwrap()
@@ -160,6 +182,58 @@ impl Fixture {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("expected {expected} effects, saw {}", self.effects().await);
+    }
+
+    /// Waits up to 10 s until the outbox is empty: every event in it was published and
+    /// confirmed, and none will be published again.
+    async fn outbox_empty(&self) {
+        for _ in 0..200 {
+            if self.outbox().await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} events stayed in the outbox", self.outbox().await);
+    }
+
+    /// Waits until every copy of an event of `correlation_ids` published so far has been
+    /// handled: once the outbox is empty, publishes a marker in the lane of each (a consumer
+    /// handles the events of one correlation id in order, as the queue holds them) and waits
+    /// for its effect, which it then removes, so the counts stay those of the test's events.
+    async fn settled(&self, correlation_ids: &[Uuid]) {
+        self.outbox_empty().await;
+        let markers: Vec<Envelope> = correlation_ids
+            .iter()
+            .map(|correlation_id| Envelope::new("stock.reserved", *correlation_id, &()))
+            .collect();
+        for marker in &markers {
+            self.publish_raw("stock.reserved", &serde_json::to_vec(marker).unwrap())
+                .await;
+        }
+        for marker in &markers {
+            for _ in 0..200 {
+                if self.effects_of(marker.id).await == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(self.effects_of(marker.id).await, 1, "a marker is handled");
+        }
+        let ids: Vec<Uuid> = markers.iter().map(|m| m.id).collect();
+        sqlx::query("DELETE FROM effects WHERE event_id = ANY($1)")
+            .bind(&ids)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// The consumer [`Fixture::start`] runs.
+    fn consumer(&self) -> Arc<ConsumerStatus> {
+        self.consumer
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the fixture's consumer is started")
     }
 
     /// Waits until `broker` is connected, which means the topology is declared.
@@ -217,12 +291,55 @@ impl Fixture {
         queue.message_count()
     }
 
+    /// Stops the relays and consumers, waiting until they have, then the broker connection.
     async fn stop(self, broker: Broker) {
         self.shutdown.cancel();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap());
+        for worker in workers {
+            tokio::time::timeout(Duration::from_secs(10), worker)
+                .await
+                .expect("a relay or consumer stops within 10 s")
+                .unwrap();
+        }
         broker.close().await;
         drop(self.db);
     }
+}
+
+/// The value of `dockyard_<name>{consumer="order"<labels>}` for `status`'s consumer.
+fn consumer_metric(status: &ConsumerStatus, name: &str, labels: &str) -> f64 {
+    let mut metrics = Metrics::new();
+    status.register(&mut metrics);
+    let series = format!("dockyard_{name}{{consumer=\"order\"{labels}}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str())?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits up to 10 s until `status`'s consumer has finished `expected` deliveries with one of
+/// `outcomes` (`applied`, `duplicate`, `requeued`, `dead_lettered`), acknowledged.
+async fn wait_for_finished(status: &ConsumerStatus, outcomes: &[&str], expected: f64) {
+    let finished = || -> f64 {
+        outcomes
+            .iter()
+            .map(|outcome| {
+                let labels = format!(",outcome=\"{outcome}\"");
+                consumer_metric(status, "consumer_events_total", &labels)
+            })
+            .sum()
+    };
+    for _ in 0..200 {
+        if finished() >= expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "expected {expected} deliveries {outcomes:?}, saw {}",
+        finished()
+    );
 }
 
 #[tokio::test]
@@ -230,21 +347,20 @@ async fn an_enqueued_event_is_relayed_and_handled_once() {
     let fixture = Fixture::new().await;
     let broker = fixture.start(&amqp_url());
 
-    fixture
-        .enqueue(&Envelope::new(
-            "stock.reserved",
-            Uuid::now_v7(),
-            &serde_json::json!({"n": 1}),
-        ))
-        .await;
+    let event = Envelope::new(
+        "stock.reserved",
+        Uuid::now_v7(),
+        &serde_json::json!({"n": 1}),
+    );
+    fixture.enqueue(&event).await;
 
     fixture.wait_for_effects(1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        fixture.outbox().await,
-        0,
-        "a published event leaves the outbox"
-    );
+    // It leaves the outbox once published ...
+    fixture.outbox_empty().await;
+    // ... and once every copy of it was handled, it had one effect.
+    fixture.settled(&[event.correlation_id]).await;
+    assert_eq!(fixture.effects_of(event.id).await, 1, "handled once");
+    assert_eq!(fixture.effects().await, 1);
     fixture.stop(broker).await;
 }
 
@@ -256,13 +372,12 @@ async fn the_events_a_handler_causes_are_handed_to_the_relay_and_published_at_on
 
     // A chain of four: each event handled causes the next one.
     let started = std::time::Instant::now();
-    fixture
-        .enqueue(&Envelope::new(
-            "stock.reserved",
-            Uuid::now_v7(),
-            &serde_json::json!({"causes": 3}),
-        ))
-        .await;
+    let first = Envelope::new(
+        "stock.reserved",
+        Uuid::now_v7(),
+        &serde_json::json!({"causes": 3}),
+    );
+    fixture.enqueue(&first).await;
     fixture.wait_for_effects(4).await;
 
     // Through a claim, each caused event would wait for its lease to end first.
@@ -271,7 +386,8 @@ async fn the_events_a_handler_causes_are_handed_to_the_relay_and_published_at_on
         "handed over, not claimed: the chain took {:?}",
         started.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Published events leave the outbox; once every copy of the chain was handled, count.
+    fixture.settled(&[first.correlation_id]).await;
     assert_eq!(fixture.effects().await, 4, "each once");
     assert_eq!(
         fixture.outbox().await,
@@ -292,6 +408,7 @@ async fn a_hand_off_that_never_reached_a_relay_is_claimed_when_its_lease_ends() 
     let handoff = lost.handoff();
     let mut transaction = fixture.pool.begin().await.unwrap();
     let event = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+    let leased = event.id;
     let written = handoff
         .enqueue(&mut transaction, vec![event])
         .await
@@ -300,11 +417,22 @@ async fn a_hand_off_that_never_reached_a_relay_is_claimed_when_its_lease_ends() 
     handoff.committed(written);
     let committed = std::time::Instant::now();
 
-    // The running relay leaves it alone while it is leased ...
+    // The running relay leaves it alone while it is leased: near the end of the lease, an
+    // event any relay may claim is relayed and handled, the leased one is not ...
     tokio::time::sleep(outbox::LEASE.saturating_sub(Duration::from_secs(2))).await;
-    assert_eq!(fixture.effects().await, 0, "still leased to its own relay");
-    // ... and claims it after.
+    let claimable = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+    fixture.enqueue(&claimable).await;
     fixture.wait_for_effects(1).await;
+    let leased_effects = fixture.effects_of(leased).await;
+    assert!(
+        committed.elapsed() < outbox::LEASE,
+        "handled only after the lease ended: {:?}",
+        committed.elapsed()
+    );
+    assert_eq!(fixture.effects_of(claimable.id).await, 1);
+    assert_eq!(leased_effects, 0, "still leased to its own relay");
+    // ... and claims it after.
+    fixture.wait_for_effects(2).await;
     assert!(committed.elapsed() >= outbox::LEASE);
     drop(lost);
     fixture.stop(broker).await;
@@ -356,15 +484,14 @@ async fn with_classic_queues_events_flow_the_same_way() {
     }
     let _ = connection.close(200, "done".into()).await;
 
-    fixture
-        .enqueue(&Envelope::new(
-            "stock.reserved",
-            Uuid::now_v7(),
-            &serde_json::json!({"causes": 1}),
-        ))
-        .await;
+    let first = Envelope::new(
+        "stock.reserved",
+        Uuid::now_v7(),
+        &serde_json::json!({"causes": 1}),
+    );
+    fixture.enqueue(&first).await;
     fixture.wait_for_effects(2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fixture.settled(&[first.correlation_id]).await;
     assert_eq!(fixture.effects().await, 2, "each once");
     fixture.stop(broker).await;
 }
@@ -384,20 +511,21 @@ async fn an_event_rolled_back_with_its_transaction_is_never_published() {
     let fixture = Fixture::new().await;
     let broker = fixture.start(&amqp_url());
     let mut transaction = fixture.pool.begin().await.unwrap();
-    outbox::enqueue(
-        &mut transaction,
-        &Envelope::new("stock.reserved", Uuid::now_v7(), &()),
-    )
-    .await
-    .unwrap();
+    let rolled_back = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+    outbox::enqueue(&mut transaction, &rolled_back)
+        .await
+        .unwrap();
     transaction.rollback().await.unwrap();
 
-    fixture
-        .enqueue(&Envelope::new("stock.reserved", Uuid::now_v7(), &()))
-        .await;
+    let committed = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+    fixture.enqueue(&committed).await;
 
     fixture.wait_for_effects(1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Had the rolled-back event been published, it would have been handled by now.
+    fixture
+        .settled(&[rolled_back.correlation_id, committed.correlation_id])
+        .await;
+    assert_eq!(fixture.effects_of(rolled_back.id).await, 0);
     assert_eq!(fixture.effects().await, 1);
     fixture.stop(broker).await;
 }
@@ -417,9 +545,14 @@ async fn a_redelivered_message_has_no_second_effect() {
         .publish_raw("stock.reserved", &serde_json::to_vec(&marker).unwrap())
         .await;
 
-    // The marker is handled after both copies (one queue, in order): then count.
+    // Count once the consumer has finished all three deliveries, the second copy included.
     fixture.wait_for_effects(2).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_finished(&fixture.consumer(), &["applied", "duplicate"], 3.0).await;
+    assert_eq!(
+        fixture.effects_of(envelope.id).await,
+        1,
+        "the copy had none"
+    );
     assert_eq!(
         fixture.effects().await,
         2,
@@ -482,13 +615,17 @@ async fn events_committed_while_the_broker_is_unreachable_are_delivered_when_it_
     let (proxy, via_proxy) = TcpProxy::in_front_of(&amqp_url()).await;
     let broker = fixture.start(&via_proxy);
 
+    let mut events = Vec::new();
     for _ in 0..5 {
-        fixture
-            .enqueue(&Envelope::new("stock.reserved", Uuid::now_v7(), &()))
-            .await;
+        let event = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+        fixture.enqueue(&event).await;
+        events.push(event.correlation_id);
     }
+    // The outage lasts a while: the broker (behind a proxy that refuses every connection)
+    // cannot be reached, so the events wait in the outbox.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!broker.is_connected(), "the broker is down: not ready");
+    assert_eq!(fixture.outbox().await, 5, "the events wait in the outbox");
     assert_eq!(fixture.effects().await, 0);
 
     proxy.restore().await;
@@ -498,14 +635,20 @@ async fn events_committed_while_the_broker_is_unreachable_are_delivered_when_it_
     // A second outage in the middle of a session: cut, enqueue, restore.
     proxy.cut();
     for _ in 0..3 {
-        fixture
-            .enqueue(&Envelope::new("stock.reserved", Uuid::now_v7(), &()))
-            .await;
+        let event = Envelope::new("stock.reserved", Uuid::now_v7(), &());
+        fixture.enqueue(&event).await;
+        events.push(event.correlation_id);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..200 {
+        if !broker.is_connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!broker.is_connected(), "the cut is noticed");
     proxy.restore().await;
     fixture.wait_for_effects(8).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fixture.settled(&events).await;
     assert_eq!(fixture.effects().await, 8, "none lost, none doubled");
     fixture.stop(broker).await;
 }
@@ -591,23 +734,35 @@ async fn a_crash_looping_consumer_does_not_dead_letter_the_healthy_messages_it_h
         let broker = Broker::start(config(&via_proxy), test_topology());
         let life = CancellationToken::new();
         let subscription = Subscription::new("order", Arc::new(NeverFinishes));
+        let status = subscription.status();
         let consumer = tokio::spawn(subscription.run(fixture.pool.clone(), broker.clone(), life));
         fixture.connected(&broker).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The life dies holding an event: one is in its handler.
+        for _ in 0..200 {
+            if consumer_metric(&status, "consumer_in_flight", "") >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            consumer_metric(&status, "consumer_in_flight", "") >= 1.0,
+            "this life received no event"
+        );
         consumer.abort();
         proxy.cut();
         drop(broker);
     }
 
     let subscription = Subscription::new("order", Arc::new(RecordEffects));
-    tokio::spawn(subscription.run(
+    fixture.spawn(subscription.run(
         fixture.pool.clone(),
         publisher.clone(),
         fixture.shutdown.clone(),
     ));
+    // Every message came back to be handled; only then count the dead letters.
+    fixture.wait_for_effects(16).await;
     let dead = fixture.dead_lettered().await;
     assert_eq!(dead, 0, "no healthy message dead-lettered");
-    fixture.wait_for_effects(16).await;
     fixture.stop(publisher).await;
 }
 
@@ -663,7 +818,7 @@ async fn a_failing_event_goes_behind_the_others_then_to_the_dead_letters_and_can
         fixed: Arc::clone(&fixed),
         compensations: Arc::clone(&compensations),
     };
-    tokio::spawn(Subscription::new("order", Arc::new(handler)).run(
+    fixture.spawn(Subscription::new("order", Arc::new(handler)).run(
         fixture.pool.clone(),
         broker.clone(),
         fixture.shutdown.clone(),

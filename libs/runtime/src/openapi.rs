@@ -72,17 +72,27 @@ pub fn method_not_allowed(
 
 /// For a test in each service: `document` must equal the committed copy at `path`, so the
 /// OpenAPI documents in `docs/` never drift from the code. With `UPDATE_OPENAPI=1` it writes
-/// the copy instead.
+/// the copy, and still fails when it changed it (the change is there to review and commit),
+/// and always under CI (`CI` set): a golden test that rewrites its file would pass whatever
+/// the code does.
 pub fn assert_committed(document: &utoipa::openapi::OpenApi, path: &std::path::Path) {
     let generated = document
         .to_pretty_json()
         .expect("an OpenAPI document serialises")
         + "\n";
-    if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(path, &generated).expect("writing the OpenAPI document");
-        return;
-    }
     let committed = std::fs::read_to_string(path).unwrap_or_default();
+    let update = std::env::var_os("UPDATE_OPENAPI").is_some();
+    assert!(
+        !(update && std::env::var_os("CI").is_some()),
+        "UPDATE_OPENAPI is refused under CI: the committed document is what is checked"
+    );
+    if update && committed != generated {
+        std::fs::write(path, &generated).expect("writing the OpenAPI document");
+        panic!(
+            "{} rewritten from the code: review and commit it, then run the test again",
+            path.display()
+        );
+    }
     assert!(
         committed == generated,
         "{} is not the document the code generates: run `UPDATE_OPENAPI=1 cargo test openapi` and commit it",

@@ -149,13 +149,16 @@ impl Call<'_> {
                 ))
                 .await;
             }
-            tried.push(Arc::clone(&endpoint));
             let attempt_body = match &mut body {
                 Payload::Buffered(bytes) => Either::Left(Full::new(bytes.clone())),
-                Payload::Streamed(once) => {
-                    Either::Right(once.take().expect("a streamed body is sent once"))
-                }
+                Payload::Streamed(once) => match once.take() {
+                    Some(streamed) => Either::Right(streamed),
+                    // Handed to an attempt whose connection was refused: gone with it, so no
+                    // other instance can be tried (the worker used to panic here).
+                    None => break,
+                },
             };
+            tried.push(Arc::clone(&endpoint));
             let started = Instant::now();
             let result = self.send(&endpoint, attempt_body, deadline).await;
             let seconds = started.elapsed().as_secs_f64();

@@ -87,6 +87,7 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
         ],
     )?;
     let http = number_after(&wrk, "Requests/sec:").context("wrk printed no Requests/sec")?;
+    let http_errors = wrk_errors(&wrk);
     let http_p99 = wrk
         .lines()
         .find_map(|line| line.trim().strip_prefix("99%"))
@@ -117,25 +118,38 @@ async fn run_in(sandbox: &Sandbox, pgbench_db: &str, options: &Options) -> anyho
         .find(|line| line.starts_with("tps = "))
         .and_then(|line| number_after(line, "tps = "))
         .context("pgbench printed no tps")?;
+    let pg_failed = number_after(&pgbench, "number of failed transactions:").unwrap_or(0.0);
 
     println!();
-    println!("{:<44} {:>12} {:>10}", "read", "per second", "p99");
-    println!(
-        "{:<44} {:>12.0} {:>10}",
-        format!(
+    report(
+        &format!(
             "catalog GET /products/{{id}} of {} (wrk -t2 -c{connections})",
             ids.len()
         ),
-        http,
-        http_p99
-    );
+        (http, &http_p99, http_errors),
+        &format!("pgbench -S -c{connections} -j2"),
+        (tps, pg_failed),
+    )
+}
+
+/// The table of one run; an error when either side counted failures (the run is invalid).
+fn report(
+    http_label: &str,
+    (http, http_p99, http_errors): (f64, &str, u64),
+    pg_label: &str,
+    (tps, pg_failed): (f64, f64),
+) -> anyhow::Result<()> {
     println!(
-        "{:<44} {:>12.0} {:>10}",
-        format!("pgbench -S -c{connections} -j2"),
-        tps,
-        ""
+        "{:<44} {:>12} {:>10} {:>7}",
+        "read", "per second", "p99", "errors"
     );
+    println!("{http_label:<44} {http:>12.0} {http_p99:>10} {http_errors:>7}");
+    println!("{pg_label:<44} {tps:>12.0} {:>10} {pg_failed:>7}", "");
     println!("ratio catalog / pgbench: {:.2}", http / tps);
+    anyhow::ensure!(
+        http_errors == 0 && pg_failed == 0.0,
+        "INVALID RUN: {http_errors} failed reads (non-2xx or socket errors), {pg_failed} failed pgbench transactions"
+    );
     Ok(())
 }
 
@@ -162,6 +176,24 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The errors wrk counted: answers other than 2xx/3xx, and socket errors (connect, read,
+/// write, timeout).
+fn wrk_errors(text: &str) -> u64 {
+    let non_2xx = number_after(text, "Non-2xx or 3xx responses:").unwrap_or(0.0);
+    let socket: f64 = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Socket errors:"))
+        .map_or(0.0, |rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<f64>().ok())
+                .sum()
+        });
+    // Counts are whole numbers well below 2^52.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let errors = (non_2xx + socket) as u64;
+    errors
+}
+
 /// The number that follows `label` in `text`.
 fn number_after(text: &str, label: &str) -> Option<f64> {
     let rest = &text[text.find(label)? + label.len()..];
@@ -171,6 +203,13 @@ fn number_after(text: &str, label: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrk_errors_count_non_2xx_answers_and_socket_errors() {
+        assert_eq!(wrk_errors("Requests/sec:  12345.67\n"), 0);
+        let failing = "  Socket errors: connect 0, read 3, write 1, timeout 2\n  Non-2xx or 3xx responses: 40\nRequests/sec: 10.0\n";
+        assert_eq!(wrk_errors(failing), 46);
+    }
 
     #[test]
     fn rates_are_read_from_wrk_and_pgbench_output() {

@@ -120,11 +120,35 @@ async fn cancel(client: &reqwest::Client, me: &Customer, id: Uuid) -> bool {
     false
 }
 
-/// What a reader saw: every read, and when each failed one was sent.
+/// What a reader saw: every read, when each failed one was sent, and how long each took.
 #[derive(Debug, Default)]
 pub struct Reads {
     pub total: usize,
     pub failed: Vec<(Duration, String)>,
+    /// Each read: when it was sent, and how long its answer took.
+    pub timings: Vec<(Duration, Duration)>,
+}
+
+impl Reads {
+    /// The `quantile` (0–1) of the latencies of reads sent within `from..to`.
+    pub fn latency(&self, from: Duration, to: Duration, quantile: f64) -> Option<Duration> {
+        let mut within: Vec<Duration> = self
+            .timings
+            .iter()
+            .filter(|(at, _)| from <= *at && *at <= to)
+            .map(|(_, took)| *took)
+            .collect();
+        within.sort_unstable();
+        let last = within.len().checked_sub(1)?;
+        // A rank, rounded up; never past the last.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let rank = ((last as f64) * quantile).ceil() as usize;
+        within.get(rank.min(last)).copied()
+    }
 }
 
 /// A client of its own address reading `product` every `pace` until `stop`.
@@ -139,6 +163,7 @@ pub async fn reader(
     let client = client_from(ip);
     while !stop.load(Ordering::Relaxed) {
         let at = ledger.now();
+        let sent = std::time::Instant::now();
         let read = client
             .get(format!("{gateway}/api/catalog/products/{product}"))
             .send()
@@ -151,6 +176,7 @@ pub async fn reader(
         {
             let mut reads = reads.lock().expect("the reads");
             reads.total += 1;
+            reads.timings.push((at, sent.elapsed()));
             if let Some(failure) = failure {
                 reads.failed.push((at, failure));
             }

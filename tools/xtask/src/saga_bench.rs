@@ -167,9 +167,16 @@ async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
     catalog_db.close().await;
     platform.stop().await;
     print_report(&passes, &checks);
-    Ok(checks
-        .iter()
-        .all(|(_, expected, observed)| expected == observed))
+    let failed: u64 = passes.iter().map(|p| p.other).sum();
+    if failed > 0 {
+        println!(
+            "\nINVALID RUN: {failed} placement(s) got neither 202 nor a load-shedding 503 (column `other`)"
+        );
+    }
+    Ok(failed == 0
+        && checks
+            .iter()
+            .all(|(_, expected, observed)| expected == observed))
 }
 
 /// The passes and the invariants, as tables.
@@ -232,12 +239,22 @@ struct Answers {
     other: AtomicU64,
 }
 
+/// What a placement was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Accepted,
+    /// `503` marked as load shedding (`Dockyard-Shed`): admission control at work.
+    Shed,
+    /// Anything else: another status, or no answer. Any makes the run invalid.
+    Other,
+}
+
 impl Answers {
-    fn count(&self, status: Option<u16>) {
-        let counter = match status {
-            Some(202) => &self.accepted,
-            Some(503) => &self.shed,
-            _ => &self.other,
+    fn count(&self, answer: Answer) {
+        let counter = match answer {
+            Answer::Accepted => &self.accepted,
+            Answer::Shed => &self.shed,
+            Answer::Other => &self.other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -251,17 +268,27 @@ fn client() -> reqwest::Client {
         .expect("a client")
 }
 
-async fn place(client: &reqwest::Client, url: &str, product: &str) -> Option<u16> {
+async fn place(client: &reqwest::Client, url: &str, product: &str) -> Answer {
     let body =
         json!({"customer_id": Uuid::now_v7(), "lines": [{"product_id": product, "quantity": 1}]});
-    client
+    let sent = client
         .post(url)
         .header("idempotency-key", Uuid::new_v4().to_string())
         .json(&body)
         .send()
-        .await
-        .ok()
-        .map(|response| response.status().as_u16())
+        .await;
+    match sent {
+        Ok(response) if response.status() == 202 => Answer::Accepted,
+        Ok(response)
+            if response.status() == 503
+                && response
+                    .headers()
+                    .contains_key(dockyard_runtime::problem::SHED_HEADER) =>
+        {
+            Answer::Shed
+        }
+        _ => Answer::Other,
+    }
 }
 
 /// `concurrency` clients, each placing orders one after the other until `duration` is over
@@ -286,10 +313,10 @@ async fn closed_loop(
             tokio::spawn(async move {
                 let mut n = worker;
                 while tokio::time::Instant::now() < end {
-                    let status = place(&client, &url, &products[n % products.len()]).await;
-                    answers.count(status);
+                    let answer = place(&client, &url, &products[n % products.len()]).await;
+                    answers.count(answer);
                     n += concurrency;
-                    if status == Some(503) {
+                    if answer == Answer::Shed {
                         // Refused: try again soon, but not in a busy loop. (A client honouring
                         // `Retry-After: 1` would leave the saga idle: this pass measures what
                         // the platform can confirm, not how polite its clients are.)
@@ -320,8 +347,8 @@ async fn open_loop(order: &str, products: &[String], rate: f64, duration: Durati
         let (answers, url, client) = (Arc::clone(&answers), url.clone(), client.clone());
         let product = products[(n as usize) % products.len()].clone();
         inflight.spawn(async move {
-            let status = place(&client, &url, &product).await;
-            answers.count(status);
+            let answer = place(&client, &url, &product).await;
+            answers.count(answer);
         });
         while inflight.try_join_next().is_some() {}
     }

@@ -3,7 +3,10 @@
 
 use std::{
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -118,11 +121,40 @@ async fn migrate_and_seed_are_idempotent_one_off_commands() {
     assert_eq!(count, 6, "seeding twice inserts the demo catalog once");
 }
 
-/// A `catalog serve` process whose stdout is collected line by line.
+/// A `catalog serve` process whose stdout is collected line by line (`closed` once it ends).
 struct Served {
     child: Child,
     port: u16,
     lines: Arc<Mutex<Vec<String>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Served {
+    /// Every line the process wrote: waits up to 10 s for its stdout to close (it exited and
+    /// each line has been collected).
+    async fn all_lines(&self) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.closed.load(Ordering::Acquire) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "catalog's stdout never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s until a collected line satisfies `wanted`.
+    async fn line_until(&self, what: &str, wanted: impl Fn(&str) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.lines.lock().unwrap().iter().any(|line| wanted(line)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "catalog never logged {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 async fn serve(database_url: &str, exchange: &TestExchange, extra: &[(&str, &str)]) -> Served {
@@ -143,6 +175,8 @@ async fn serve(database_url: &str, exchange: &TestExchange, extra: &[(&str, &str
     let (port_tx, mut port_rx) = mpsc::unbounded_channel();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let collected = Arc::clone(&lines);
+    let closed = Arc::new(AtomicBool::new(false));
+    let at_end = Arc::clone(&closed);
     tokio::spawn(async move {
         while let Ok(Some(line)) = stdout.next_line().await {
             if let Ok(event) = serde_json::from_str::<Value>(&line)
@@ -153,12 +187,18 @@ async fn serve(database_url: &str, exchange: &TestExchange, extra: &[(&str, &str
             }
             collected.lock().unwrap().push(line);
         }
+        at_end.store(true, Ordering::Release);
     });
     let port = tokio::time::timeout(Duration::from_secs(10), port_rx.recv())
         .await
         .expect("catalog logs `listening` within 10 s")
         .expect("a port");
-    Served { child, port, lines }
+    Served {
+        child,
+        port,
+        lines,
+        closed,
+    }
 }
 
 async fn wait_until_ready(port: u16) {
@@ -239,19 +279,29 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_requests_and_exits_0()
         readiness, 503,
         "readiness turns 503 during the shutdown delay"
     );
-    // After the delay the listener closes; the in-flight request is still waiting.
-    tokio::time::sleep(Duration::from_millis(3500).saturating_sub(signalled.elapsed())).await;
+    // After the delay the listener closes: no new connections. The in-flight requests are still
+    // waiting.
+    let deadline = signalled + Duration::from_secs(10);
+    while client()
+        .get(format!("{base}/health/live"))
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new connections are still accepted 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "the listener closed after {:?}, before the shutdown delay",
+        signalled.elapsed()
+    );
     assert!(
         !in_flight.is_finished() && !in_flight_read.is_finished(),
         "a request ended before the lock was released"
-    );
-    assert!(
-        client()
-            .get(format!("{base}/health/live"))
-            .send()
-            .await
-            .is_err(),
-        "no new connections"
     );
     lock.rollback().await.unwrap();
 
@@ -277,11 +327,10 @@ async fn sigterm_turns_readiness_off_drains_the_in_flight_requests_and_exits_0()
     assert_drained_request_logged(&served).await;
 }
 
-/// Every stdout line of `served` is a JSON object, and the slow request has its access-log
-/// event.
+/// Every stdout line of `served` (which has exited) is a JSON object, and the slow request has
+/// its access-log event.
 async fn assert_drained_request_logged(served: &Served) {
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let lines = served.lines.lock().unwrap().clone();
+    let lines = served.all_lines().await;
     let events: Vec<Value> = lines
         .iter()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
@@ -372,7 +421,15 @@ async fn probes_and_scrapes_stay_out_of_the_info_log_and_no_colour_goes_to_a_pip
             "{path}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each access-log event is written before its response is sent, and the requests went one
+    // after the other: once the last one's event is there, the probes' would be too.
+    served
+        .line_until("the access-log event of /products", |line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|e| {
+                e["message"] == "request completed" && e["span"]["route"] == "/products"
+            })
+        })
+        .await;
     let routes: Vec<String> = served
         .lines
         .lock()
@@ -419,8 +476,7 @@ async fn a_stop_after_relaying_events_logs_no_error() {
         .expect("catalog exits")
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let lines = served.lines.lock().unwrap().clone();
+    let lines = served.all_lines().await;
     assert!(
         lines
             .iter()

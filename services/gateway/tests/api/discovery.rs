@@ -1,7 +1,7 @@
 //! Discovery against a real DNS server on loopback whose answers the test changes, the way
 //! Compose or a Kubernetes headless Service changes them when instances come and go.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::net::Ipv4Addr;
 
 use dockyard_testkit::LocalDns;
 
@@ -66,11 +66,16 @@ async fn discovery_adds_a_new_instance_after_its_health_check_and_drops_a_gone_o
             .contains(&(second_url.clone(), "unhealthy".to_owned()))
     })
     .await;
+    let before_slow = first.hits();
     let in_flight = tokio::spawn({
         let (client, slow) = (client.clone(), format!("{}/api/x/slow?ms=800", gateway.url));
         async move { client.get(slow).send().await.unwrap() }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first instance counts the request as it arrives, before it starts its 800 ms.
+    eventually(5, "the slow request reaches the first instance", || async {
+        first.hits() > before_slow
+    })
+    .await;
     dns.set(NAME, &[b]);
     second.set_broken(false);
     eventually(5, "the gone instance leaves", || async {

@@ -434,18 +434,35 @@ async fn internal_paths_are_configurable_and_metrics_need_no_admin_token() {
     assert_eq!(upstreams.status(), 404);
 }
 
-/// A JWKS served over HTTP whose keys the test can replace.
+/// A JWKS served over HTTP whose keys the test can replace; while they are `null` it answers
+/// 503, as an identity provider that is down does. Counts the fetches it answers.
 fn jwks_server(
     keys: std::sync::Arc<std::sync::Mutex<Value>>,
-) -> (String, actix_web::dev::ServerHandle) {
+) -> (
+    String,
+    actix_web::dev::ServerHandle,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use actix_web::{App, HttpResponse, HttpServer, web};
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&fetches);
     let server = HttpServer::new(move || {
-        let keys = std::sync::Arc::clone(&keys);
+        let (keys, counted) = (
+            std::sync::Arc::clone(&keys),
+            std::sync::Arc::clone(&counted),
+        );
         App::new().route(
             "/jwks.json",
             web::get().to(move || {
                 let body = keys.lock().unwrap().clone();
-                async move { HttpResponse::Ok().json(body) }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if body.is_null() {
+                        HttpResponse::ServiceUnavailable().finish()
+                    } else {
+                        HttpResponse::Ok().json(body)
+                    }
+                }
             }),
         )
     })
@@ -457,14 +474,14 @@ fn jwks_server(
     let server = server.run();
     let handle = server.handle();
     tokio::spawn(server);
-    (url, handle)
+    (url, handle, fetches)
 }
 
 #[tokio::test]
 async fn keys_from_a_jwks_url_are_fetched_again_so_a_rotated_key_is_accepted() {
     let (old, new) = (TokenIssuer::generate(), TokenIssuer::generate());
     let published = std::sync::Arc::new(std::sync::Mutex::new(old.jwks()));
-    let (jwks_url, idp) = jwks_server(std::sync::Arc::clone(&published));
+    let (jwks_url, idp, fetches) = jwks_server(std::sync::Arc::clone(&published));
     let (catalog, orders) = (
         upstream("catalog", "127.0.0.2", false),
         upstream("orders", "127.0.0.3", false),
@@ -493,8 +510,15 @@ async fn keys_from_a_jwks_url_are_fetched_again_so_a_rotated_key_is_accepted() {
     .await;
     assert_eq!(post(&products, Some(&old_token)).await.status(), 401);
 
-    // While the JWKS cannot be fetched, the last good keys stay.
-    idp.stop(false).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // While the JWKS cannot be fetched, the last good keys stay. The gateway fetches once a
+    // second, one fetch at a time: when the third fetch from here arrives, the second (begun
+    // after the keys went away, so answered 503) has been handled.
+    let before_failure = fetches.load(std::sync::atomic::Ordering::SeqCst);
+    *published.lock().unwrap() = Value::Null;
+    crate::helpers::eventually(10, "the failing JWKS is fetched again", || async {
+        fetches.load(std::sync::atomic::Ordering::SeqCst) >= before_failure + 3
+    })
+    .await;
     assert_eq!(post(&products, Some(&new_token)).await.status(), 200);
+    idp.stop(false).await;
 }

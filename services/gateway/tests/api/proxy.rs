@@ -146,21 +146,13 @@ async fn idempotent_requests_survive_a_dead_and_a_broken_endpoint() {
     }
 }
 
+/// A stopped endpoint left in rotation: every GET sent to it is retried on the live one.
 #[tokio::test]
-async fn a_stopped_endpoint_fails_only_requests_that_cannot_be_retried() {
+async fn gets_sent_to_a_stopped_endpoint_are_retried_on_the_live_one() {
     let a = upstream("a", "127.0.0.2", false);
     let b = upstream("b", "127.0.0.3", false);
-    let (gateway, _stop) = gateway(&format!("/api/x={},{}", a.url, b.url), &[]).await;
+    let (gateway, _stop) = stopped_endpoint_in_rotation(&a, &b).await;
     let client = reqwest::Client::new();
-    assert_eq!(
-        client
-            .get(format!("{gateway}/api/x/warm"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
 
     b.stop().await;
 
@@ -176,6 +168,67 @@ async fn a_stopped_endpoint_fails_only_requests_that_cannot_be_retried() {
             "GETs are retried on the live endpoint"
         );
     }
+}
+
+/// A POST without an Idempotency-Key may not be sent twice: the one that goes to the stopped
+/// endpoint fails (`502`), and the live endpoint never sees it. (Its streamed body went with the
+/// refused connection; the worker used to panic trying the next endpoint with it, dropping the
+/// client's connection without an answer.)
+#[tokio::test]
+async fn a_post_without_a_key_sent_to_a_stopped_endpoint_is_not_retried() {
+    let a = upstream("a", "127.0.0.2", false);
+    let b = upstream("b", "127.0.0.3", false);
+    let (gateway, _stop) = stopped_endpoint_in_rotation(&a, &b).await;
+    let client = reqwest::Client::new();
+
+    b.stop().await;
+
+    let mut failed = None;
+    for _ in 0..40 {
+        let hits = a.hits();
+        let response = client
+            .post(format!("{gateway}/api/x/orders"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 200 {
+            failed = Some((response.status(), a.hits() - hits));
+            break;
+        }
+        assert_eq!(
+            a.hits(),
+            hits + 1,
+            "a POST answered 200 by the live endpoint"
+        );
+    }
+    let (status, sent_to_live) = failed.expect("one of 40 POSTs goes to the stopped endpoint");
+    assert_eq!(status, 502, "the POST that reached no endpoint fails");
+    assert_eq!(sent_to_live, 0, "and is not retried on the live endpoint");
+}
+
+/// A gateway over `a` and `b`, warmed up, where neither health checks nor ejection take an
+/// endpoint out of rotation: once stopped, requests keep being sent to it.
+async fn stopped_endpoint_in_rotation(
+    a: &crate::helpers::Upstream,
+    b: &crate::helpers::Upstream,
+) -> (String, crate::helpers::TestGateway) {
+    let (gateway, stop) = gateway(
+        &format!("/api/x={},{}", a.url, b.url),
+        &[
+            ("HEALTH_CHECK_INTERVAL_MS", "0"),
+            ("EJECT_AFTER_FAILURES", "1000"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        reqwest::get(format!("{gateway}/api/x/warm"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    (gateway, stop)
 }
 
 #[tokio::test]

@@ -1,14 +1,11 @@
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use serde_json::json;
 
-use crate::helpers::{gateway_with, upstream};
+use crate::helpers::{eventually, gateway_with, upstream};
 
 async fn served_by(client: &reqwest::Client, url: String, key: Option<String>) -> String {
     let mut request = client.get(url);
@@ -144,13 +141,14 @@ async fn a_blue_green_switch_under_load_fails_no_request() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The load flows through blue before the switch, and through green after it.
+    eventually(10, "blue takes the load", || async { blue.hits() >= 300 }).await;
     let (status, view) = gateway
         .admin_put("/upstreams/x/active", json!({"pool": "green"}))
         .await;
     assert_eq!((status, &view["active"]), (200, &json!("green")));
     switched.store(true, Ordering::Release);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(10, "green takes the load", || async { green.hits() >= 300 }).await;
     stop.store(true, Ordering::Relaxed);
 
     let (mut total, mut failed, mut blue_after_switch) = (0, 0, 0);

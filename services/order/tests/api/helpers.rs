@@ -212,9 +212,15 @@ impl Platform {
 
     /// The value of an unlabelled metric on the order's `/metrics`, if it is there.
     pub async fn metric(&self, name: &str) -> Option<f64> {
+        self.metric_at(&self.order.address, name).await
+    }
+
+    /// The value of the metric `name` (its labels included, as exposed) on the `/metrics` of
+    /// the service at `address`, if it is there.
+    async fn metric_at(&self, address: &str, name: &str) -> Option<f64> {
         let text = self
             .client
-            .get(format!("{}/metrics", self.order.address))
+            .get(format!("{address}/metrics"))
             .send()
             .await
             .unwrap()
@@ -227,9 +233,25 @@ impl Platform {
 
     /// Waits up to 10 s for the metric `name` to satisfy `expected`; returns its last value.
     pub async fn metric_until(&self, name: &str, expected: impl Fn(f64) -> bool) -> f64 {
+        self.metric_at_until(&self.order.address, name, expected)
+            .await
+    }
+
+    /// The same, on the catalog's `/metrics`.
+    pub async fn catalog_metric_until(&self, name: &str, expected: impl Fn(f64) -> bool) -> f64 {
+        self.metric_at_until(self.catalog_address(), name, expected)
+            .await
+    }
+
+    async fn metric_at_until(
+        &self,
+        address: &str,
+        name: &str,
+        expected: impl Fn(f64) -> bool,
+    ) -> f64 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let value = self.metric(name).await;
+            let value = self.metric_at(address, name).await;
             if let Some(value) = value.filter(|v| expected(*v)) {
                 return value;
             }
@@ -239,6 +261,19 @@ impl Platform {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until every event of the saga so far has been handled: nothing waits in the
+    /// order's outbox, and the catalog's consumer has applied `catalog_events` events (the
+    /// order's answers come after them).
+    pub async fn saga_caught_up(&self, catalog_events: u32) {
+        self.metric_until("dockyard_outbox_backlog", |n| n < 0.5)
+            .await;
+        self.catalog_metric_until(
+            r#"dockyard_consumer_events_total{consumer="catalog",outcome="applied"}"#,
+            |n| (n - f64::from(catalog_events)).abs() < 0.5,
+        )
+        .await;
     }
 
     /// Waits up to 10 s until the order service reports its broker connection `up` (it is
@@ -264,6 +299,34 @@ impl Platform {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits up to 10 s until admission control has counted the pending orders with the broker
+    /// connected (its count has run to completion on the order's database). Until then, the
+    /// orders it finds pending on its first count are excused as placed during an outage; from
+    /// then on, those placed count against the backlog.
+    pub async fn admission_counting(&self) {
+        let pool = self.order_db.pool().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let counted: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND state = 'idle' AND query = $1",
+            )
+            .bind(order::admission::COUNT_PENDING)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if counted > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "admission control never counted the pending orders"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pool.close().await;
     }
 
     pub async fn place(&self, key: &str, body: &Value) -> Response {

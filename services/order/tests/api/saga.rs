@@ -27,7 +27,9 @@ async fn a_placed_order_is_confirmed_with_the_catalog_total_and_stock_taken_once
         order["total"],
         json!({"amount_minor": 3897, "currency": "EUR"})
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The placement has left the outbox and the catalog applied one event: nothing is left
+    // that could take the stock again.
+    platform.saga_caught_up(1).await;
     assert_eq!(platform.stock(&mug).await, 7, "taken once");
 }
 
@@ -74,7 +76,9 @@ async fn cancelling_a_confirmed_order_restores_the_stock_exactly_and_illegal_mov
     assert_eq!(again.status(), 409);
     assert_eq!(cancel_rejected.status(), 409);
     platform.stock_becomes(&mug, 10).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two placements and the cancellation, each applied by the catalog, and nothing left in
+    // the outbox: nothing more can restore stock.
+    platform.saga_caught_up(3).await;
     assert_eq!(platform.stock(&mug).await, 10, "restored exactly, once");
 }
 
@@ -154,11 +158,11 @@ async fn orders_placed_while_the_broker_is_unreachable_are_confirmed_after_it_re
         ready.json::<Value>().await.unwrap()["checks"]["broker"]["status"],
         "degraded"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(platform.order(&ids[0]).await["status"], "pending");
+    // Both placements wait in the outbox, unpublished: the catalog cannot have answered.
     platform
         .metric_until("dockyard_outbox_backlog", |n| (n - 2.0).abs() < 0.5)
         .await;
+    assert_eq!(platform.order(&ids[0]).await["status"], "pending");
     let age = platform
         .metric_until("dockyard_outbox_oldest_unsent_seconds", |s| s > 0.0)
         .await;
@@ -227,6 +231,7 @@ async fn with_the_catalog_down_orders_are_accepted_unpriced_and_confirmed_when_i
     catalog.stop().await;
     let order = start_order(&order_db, &exchange, &amqp_url(), &dead_catalog_url);
     let mut platform = Platform::new(exchange, (catalog_db, order_db), None, order);
+    let mut placements = platform.exchange.probe("order.placed").await;
 
     let response = platform
         .place("while-down", &order_body(Uuid::now_v7(), &[(&seeded, 2)]))
@@ -236,7 +241,9 @@ async fn with_the_catalog_down_orders_are_accepted_unpriced_and_confirmed_when_i
     let accepted: Value = response.json().await.unwrap();
     assert_eq!(accepted["status"], "pending");
     assert_eq!(accepted["total"], Value::Null, "not priced yet");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The placement is published (the catalog's queue holds it, with no one consuming).
+    let placed = placements.next(Duration::from_secs(10)).await;
+    assert_eq!(placed.correlation_id.to_string(), accepted["id"]);
     assert_eq!(
         platform.order(accepted["id"].as_str().unwrap()).await["status"],
         "pending"
@@ -313,8 +320,10 @@ async fn behind_the_saga_new_orders_get_503_and_a_retry_with_the_same_key_makes_
         &[("ORDER_ADMISSION_BACKLOG", "3")],
     );
     let mut platform = Platform::new(exchange, (catalog_db, order_db), None, order);
-    // Connected first: orders placed while the broker is away are not the saga's backlog.
+    // Connected first, and counted since: orders placed while the broker is away are not the
+    // saga's backlog.
     platform.broker_connected().await;
+    platform.admission_counting().await;
     let body = order_body(Uuid::now_v7(), &[(&mug, 1)]);
     let first = platform.place("let-in-first", &body).await;
     assert_eq!(first.status(), 202);
