@@ -205,7 +205,8 @@ echo "oha -q $rate --latency-correction -c $CONNECTIONS -z ${FIXED_SECONDS}s (ha
 printf '%-10s %12s %10s %10s %14s %7s\n' target req/s p50 p99 'p99 added' errors
 for target in "${TARGETS[@]}"; do
   oha -q "$rate" --latency-correction -c "$CONNECTIONS" -z 2s --no-tui "${URLS[$target]}" >/dev/null # warm-up
-  oha -q "$rate" --latency-correction -c "$CONNECTIONS" -z "${FIXED_SECONDS}s" --no-tui --output-format json \
+  # -w: requests in flight when the time is up are waited for, not counted as aborted errors.
+  oha -q "$rate" --latency-correction -c "$CONNECTIONS" -z "${FIXED_SECONDS}s" -w --no-tui --output-format json \
     "${URLS[$target]}" >"$work/$target.json"
   python3 - "$target" "$work/$target.json" "$work/fixed" <<'PY'
 import json, sys
@@ -229,6 +230,9 @@ print(f"{target:<10} {rps:12.0f} {p50:8.2f}ms {p99:8.2f}ms {added:>14} {errors:>
 with open(table, "a") as out:
     out.write(f"{target} {p99}\n")
 if errors:
+    kinds = {**{f"HTTP {c}": n for c, n in statuses.items() if not 200 <= int(c) < 300},
+             **report.get("errorDistribution", {})}
+    print(f"{'':<10} errors: {kinds}")
     open(table + ".invalid", "a").write(f"{target} ")
 PY
 done

@@ -34,6 +34,32 @@ async fn stock_of(app: &TestApp, id: &str) -> i64 {
     product["stock"].as_i64().unwrap()
 }
 
+/// Waits until the catalog's consumer has finished `events` deliveries (applied or
+/// recognised as duplicates), as its `/metrics` count them.
+async fn handled(app: &TestApp, events: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        let finished: u64 = metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("dockyard_consumer_events_total{")
+                    && (line.contains("outcome=\"applied\"")
+                        || line.contains("outcome=\"duplicate\""))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if finished >= events {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{finished} of {events} deliveries handled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn product_id(app: &TestApp, sku: &str, stock: i64) -> String {
     let mut body = crate::helpers::product_body(sku);
     body["stock"] = json!(stock);
@@ -128,16 +154,9 @@ async fn cancelling_releases_exactly_what_was_reserved_once() {
     let other = Envelope::new("order.cancelled", order_id, &json!({"order_id": order_id}));
     app.exchange.publish(&other).await; // a second cancellation: nothing left to release
 
-    let mut stock = 0;
-    for _ in 0..100 {
-        stock = stock_of(&app, &mug).await;
-        if stock == 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stock, 10);
+    // Every delivery handled (the placement and the three cancellations) before the stock is
+    // read: a second release would have happened by then.
+    handled(&app, 4).await;
     assert_eq!(
         stock_of(&app, &mug).await,
         10,
