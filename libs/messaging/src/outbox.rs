@@ -225,6 +225,18 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub struct OutboxGauges {
     backlog: Gauge,
     oldest_unsent: Gauge<f64, AtomicU64>,
+    /// When the broker last confirmed something this relay published (milliseconds on
+    /// [`progress_clock`]; 0: never).
+    last_confirm: std::sync::Arc<AtomicU64>,
+}
+
+/// Milliseconds since the first call (never 0): the relay's progress clock.
+fn progress_clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 impl OutboxGauges {
@@ -250,6 +262,23 @@ impl OutboxGauges {
     /// Age of the oldest event not yet published, as last counted (0 when none waits).
     pub fn oldest_unsent_seconds(&self) -> f64 {
         self.oldest_unsent.get()
+    }
+
+    /// The broker confirmed events this relay published.
+    fn confirmed(&self) {
+        self.last_confirm
+            .store(progress_clock(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether publishing has stalled: an event has waited over `after` and the broker has
+    /// confirmed nothing for as long. A relay that is merely behind (under load) still gets
+    /// confirms; one whose way to the broker is blocked — disconnected, or a partition that
+    /// drops packets while the connection still looks alive — gets none.
+    pub fn stalled(&self, after: Duration) -> bool {
+        let since_confirm = progress_clock()
+            .saturating_sub(self.last_confirm.load(std::sync::atomic::Ordering::Relaxed));
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.oldest_unsent_seconds() > after.as_secs_f64() && since_confirm > after_ms
     }
 
     async fn sample(&self, connection: &mut PgConnection) -> sqlx::Result<()> {
@@ -419,6 +448,7 @@ impl OutboxRelay {
     ) {
         match round {
             Ok(ids) => {
+                self.gauges.confirmed();
                 let _ = published.send(ids);
             }
             Err(error) => {
@@ -473,6 +503,9 @@ impl OutboxRelay {
             }
             match self.claim_batch(leases).await {
                 Ok(published) => {
+                    if published > 0 {
+                        self.gauges.confirmed();
+                    }
                     tracing::debug!(published, "outbox batch published");
                     if published < usize::try_from(BATCH).unwrap_or(usize::MAX) {
                         return;
@@ -679,6 +712,28 @@ pub fn event_properties(envelope: &Envelope) -> BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publishing_has_stalled_only_when_events_wait_and_no_confirm_comes() {
+        let gauges = OutboxGauges::default();
+        let after = Duration::from_millis(50);
+        assert!(!gauges.stalled(after), "nothing waits");
+        gauges.oldest_unsent.set(0.2);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            gauges.stalled(after),
+            "an event waits and nothing was ever confirmed"
+        );
+        gauges.confirmed();
+        assert!(
+            !gauges.stalled(after),
+            "behind, but the broker confirms: not stalled"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(gauges.stalled(after), "no confirm since");
+        gauges.oldest_unsent.set(0.0);
+        assert!(!gauges.stalled(after), "and nothing waits any more");
+    }
 
     #[test]
     fn the_outbox_is_degraded_only_while_an_event_has_waited_long() {

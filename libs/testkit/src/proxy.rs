@@ -1,5 +1,7 @@
-//! A TCP proxy on loopback that a test can cut and restore: a real network outage between a
-//! service and its backing service, bounded to the test.
+//! A TCP proxy on loopback that a test can cut, stall and restore: a real network outage
+//! between a service and its backing service, bounded to the test. A cut closes every
+//! connection (the peer sees it at once); a stall keeps them open and forwards nothing, as a
+//! partition that drops packets does (the peer sees nothing until a time-out or a heartbeat).
 
 use std::{
     net::SocketAddr,
@@ -7,7 +9,9 @@ use std::{
 };
 
 use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::watch,
     task::JoinHandle,
 };
 
@@ -18,6 +22,8 @@ pub struct TcpProxy {
     target: SocketAddr,
     /// The accept loop and every piped connection; aborted by [`TcpProxy::cut`].
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Whether bytes flow; [`TcpProxy::stall`] holds them.
+    flowing: watch::Sender<bool>,
 }
 
 impl TcpProxy {
@@ -33,6 +39,7 @@ impl TcpProxy {
             port,
             target,
             tasks: Arc::new(Mutex::new(Vec::new())),
+            flowing: watch::Sender::new(true),
         }
     }
 
@@ -64,18 +71,34 @@ impl TcpProxy {
         self.port
     }
 
-    /// Starts forwarding.
+    /// Starts forwarding (after a stall: lets the held bytes and connections through).
     pub async fn restore(&self) {
+        let stalled = !*self.flowing.borrow();
+        self.flowing.send_replace(true);
+        if stalled && !self.tasks.lock().expect("proxy tasks").is_empty() {
+            return; // still listening
+        }
         let listener = TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("rebinding the proxy port");
         let target = self.target;
         let tasks = Arc::clone(&self.tasks);
+        let flowing = self.flowing.subscribe();
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let flowing = flowing.clone();
                 let pipe = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let mut open = flowing.clone();
+                    if open.wait_for(|flows| *flows).await.is_err() {
+                        return;
+                    }
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        let (mut from_client, mut to_client) = inbound.into_split();
+                        let (mut from_server, mut to_server) = outbound.into_split();
+                        tokio::select! {
+                            _ = forward(&mut from_client, &mut to_server, flowing.clone()) => {}
+                            _ = forward(&mut from_server, &mut to_client, flowing) => {}
+                        }
                     }
                 });
                 tasks.lock().expect("proxy tasks").push(pipe);
@@ -84,11 +107,36 @@ impl TcpProxy {
         self.tasks.lock().expect("proxy tasks").push(accept);
     }
 
+    /// Stops forwarding without closing anything: connections stay open, new ones are
+    /// accepted, and no byte passes until [`TcpProxy::restore`] (then the held ones do).
+    pub fn stall(&self) {
+        self.flowing.send_replace(false);
+    }
+
     /// Stops forwarding: closes the listener and every open connection.
     pub fn cut(&self) {
         for task in self.tasks.lock().expect("proxy tasks").drain(..) {
             task.abort();
         }
+    }
+}
+
+/// Copies `from` to `to` while bytes flow; holds them (and the connection) while stalled.
+async fn forward(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    mut flowing: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let read = from.read(&mut buffer).await?;
+        if read == 0 {
+            return to.shutdown().await;
+        }
+        if flowing.wait_for(|flows| *flows).await.is_err() {
+            return Ok(());
+        }
+        to.write_all(&buffer[..read]).await?;
     }
 }
 

@@ -15,7 +15,9 @@
 //! database in this process count too: beyond a quarter of the writer's queue, new ones are
 //! refused at once.
 //!
-//! **A broker outage is not an overload.** While this process is not connected to the broker,
+//! **A broker outage is not an overload.** While this process is not connected to the broker
+//! (or its outbox has stalled: an event unpublished for over [`OUTBOX_STALLED_AFTER`], as
+//! when a partition drops packets and the connection still looks alive),
 //! every order it takes waits in the outbox and stays pending: the saga is not behind, it is
 //! not running for them. So pending orders do not count while the broker is away, nor, once it
 //! is back, those that were pending when it returned (they are *excused*; the excuse shrinks
@@ -72,6 +74,19 @@ pub const EXCUSED_FOR: Duration = Duration::from_secs(10);
 pub struct Signals {
     pub broker: Broker,
     pub outbox: OutboxGauges,
+}
+
+/// An event unpublished for this long with no confirm from the broker for as long means the
+/// way to the broker is blocked, connected or not: a partition that drops packets leaves the
+/// connection looking alive until its heartbeat fails, while nothing gets through. (Normally
+/// an event waits milliseconds, and a relay that is merely behind still gets confirms.)
+pub const OUTBOX_STALLED_AFTER: Duration = Duration::from_secs(2);
+
+impl Signals {
+    /// Whether the broker is away for this process: disconnected, or its outbox stalled.
+    pub fn broker_away(&self) -> bool {
+        !self.broker.is_connected() || self.outbox.stalled(OUTBOX_STALLED_AFTER)
+    }
 }
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(25);
@@ -152,7 +167,7 @@ impl Admission {
                 continue;
             }
             let counted_from = self.let_in.load(Ordering::Relaxed);
-            if !signals.broker.is_connected() {
+            if signals.broker_away() {
                 // Nothing pending is the saga's doing: no count needed.
                 excuse.broker_away();
                 self.observe(0, 0, counted_from);

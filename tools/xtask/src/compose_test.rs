@@ -78,8 +78,23 @@ struct Figure {
 /// Runs everything; `Ok(true)` when every check holds. The project is taken down at the end
 /// whatever happened.
 pub async fn run(options: Options) -> anyhow::Result<bool> {
+    let stack = prepare(PROJECT, options.env_file.clone()).await?;
+    let outcome = stack.run_all(&options).await;
+    let down = stack.down().await;
+    let (figures, checks) = outcome?;
+    down.context("docker compose down")?;
+    println!("\n{:<58} value", "measured");
+    for figure in &figures {
+        println!("{:<58} {}", figure.what, figure.value);
+    }
+    Ok(ledger::report(&checks))
+}
+
+/// An engine, the local images when `env_file` names them, the dev keys, and the project
+/// `name` on free loopback ports, not started yet.
+pub(crate) async fn prepare(name: &str, env_file: Option<PathBuf>) -> anyhow::Result<Stack> {
     docker::ensure_engine().await?;
-    if options.env_file.is_some() {
+    if env_file.is_some() {
         docker::ensure_local_images().await?;
     }
     let (issuer, _) = dev_keys::ensure().context("the local token signing key")?;
@@ -92,8 +107,8 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         .collect::<std::io::Result<_>>()?;
     let admin_token = format!("compose-test-{}", Uuid::new_v4().simple());
     let project = Project {
-        name: PROJECT.to_owned(),
-        env_file: options.env_file.clone(),
+        name: name.to_owned(),
+        env_file,
         env: vec![
             ("TAG".into(), "compose-test".into()),
             ("GATEWAY_PUBLISH".into(), format!("127.0.0.1:{}", ports[0])),
@@ -111,8 +126,8 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
             ("GATEWAY_RATE_LIMIT_BURST".into(), "100000".into()),
         ],
     };
-    let stack = Stack {
-        project: project.clone(),
+    Ok(Stack {
+        project,
         gateway: format!("http://127.0.0.1:{}", ports[0]),
         admin: format!("http://127.0.0.1:{}", ports[1]),
         console: format!("http://127.0.0.1:{}", ports[2]),
@@ -121,45 +136,26 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         token: Box::new(move |subject: &str, scopes: &[&str]| {
             dev_keys::token(&issuer, subject, scopes, Duration::from_secs(3600))
         }),
-    };
-    let outcome = stack.run_all(&options).await;
-    println!("compose-test: taking the project down");
-    let down = output(project.compose(&[
-        "--profile",
-        "observability",
-        "down",
-        "--volumes",
-        "--remove-orphans",
-        "--timeout",
-        "30",
-    ]))
-    .await;
-    let (figures, checks) = outcome?;
-    down.context("docker compose down")?;
-    println!("\n{:<58} value", "measured");
-    for figure in &figures {
-        println!("{:<58} {}", figure.what, figure.value);
-    }
-    Ok(ledger::report(&checks))
+    })
 }
 
 type TokenFn = Box<dyn Fn(&str, &[&str]) -> String + Send + Sync>;
 
 /// What a load phase placed orders with: its products and its customers.
-struct Load {
-    products: Vec<String>,
-    customers: Vec<Uuid>,
+pub(crate) struct Load {
+    pub products: Vec<String>,
+    pub customers: Vec<Uuid>,
 }
 
-/// The running project and how to reach it.
-struct Stack {
-    project: Project,
-    gateway: String,
-    admin: String,
-    console: String,
-    prometheus: String,
-    admin_token: String,
-    token: TokenFn,
+/// The project and how to reach it.
+pub(crate) struct Stack {
+    pub project: Project,
+    pub gateway: String,
+    pub admin: String,
+    pub console: String,
+    pub prometheus: String,
+    pub admin_token: String,
+    pub token: TokenFn,
 }
 
 fn check(name: &'static str, holds: bool, observed: impl Into<String>) -> Check {
@@ -173,6 +169,22 @@ fn check(name: &'static str, holds: bool, observed: impl Into<String>) -> Check 
 }
 
 impl Stack {
+    /// Takes the project down: its containers, networks and volumes.
+    pub(crate) async fn down(&self) -> anyhow::Result<()> {
+        println!("{}: taking the project down", self.project.name);
+        output(self.project.compose(&[
+            "--profile",
+            "observability",
+            "down",
+            "--volumes",
+            "--remove-orphans",
+            "--timeout",
+            "30",
+        ]))
+        .await
+        .map(drop)
+    }
+
     async fn run_all(&self, options: &Options) -> anyhow::Result<(Vec<Figure>, Vec<Check>)> {
         let mut figures = Vec::new();
         let mut checks = Vec::new();
@@ -220,6 +232,7 @@ impl Stack {
                 detail: Vec::new(),
             });
         }
+        checks.extend(self.no_secret_in_layers(options).await?);
         let started = Instant::now();
         output(
             self.project
@@ -307,6 +320,102 @@ impl Stack {
         std::fs::write(&lib, &original)?;
         let (warm, printed) = warm?;
         Ok((first, warm, compiled(&printed)))
+    }
+
+    /// No certificate of the CA bundle handed to the build (`BUILD_CA_FILE`) that is not also
+    /// in the runtime's own public bundle — the proxy's — is in any image: not in a file of
+    /// the image's filesystem (every layer, as `docker export` flattens them), not in its
+    /// history.
+    async fn no_secret_in_layers(&self, options: &Options) -> anyhow::Result<Vec<Check>> {
+        let bundle = options
+            .env_file
+            .as_ref()
+            .and_then(|file| std::fs::read_to_string(docker::repo_root().join(file)).ok())
+            .and_then(|env| {
+                env.lines()
+                    .find_map(|l| l.strip_prefix("BUILD_CA_FILE=").map(str::to_owned))
+            })
+            .or_else(|| std::env::var("BUILD_CA_FILE").ok());
+        let Some(bundle) = bundle.and_then(|path| std::fs::read_to_string(path).ok()) else {
+            return Ok(vec![check(
+                "no CA of the build in any image layer",
+                true,
+                "no CA bundle was handed to the build",
+            )]);
+        };
+        let work =
+            std::env::temp_dir().join(format!("compose-test-layers-{}", Uuid::new_v4().simple()));
+        let mut found = Vec::new();
+        let mut needles: Option<Vec<String>> = None;
+        for service in IMAGES {
+            let image = format!("ghcr.io/dockyard/{service}:compose-test");
+            let root = work.join(service);
+            std::fs::create_dir_all(&root)?;
+            let id = output(self.project.docker(&["create", &image]))
+                .await?
+                .trim()
+                .to_owned();
+            let tar = work.join(format!("{service}.tar"));
+            let exported =
+                output(
+                    self.project
+                        .docker(&["export", "-o", &tar.to_string_lossy(), &id]),
+                )
+                .await;
+            output(self.project.docker(&["rm", &id])).await?;
+            exported?;
+            let mut untar = tokio::process::Command::new("tar");
+            untar.arg("-xf").arg(&tar).arg("-C").arg(&root);
+            output(untar).await?;
+            // The proxy's certificates: in the bundle the build was given, not in the image's.
+            let needles = needles.get_or_insert_with(|| {
+                let public =
+                    std::fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt"))
+                        .unwrap_or_default();
+                certificates(&bundle)
+                    .into_iter()
+                    .filter(|cert| !public.contains(cert.as_str()))
+                    .filter_map(|cert| cert.lines().nth(2).map(str::to_owned))
+                    .collect()
+            });
+            for file in files(&root)? {
+                let bytes = std::fs::read(&file)?;
+                if needles
+                    .iter()
+                    .any(|needle| contains(&bytes, needle.as_bytes()))
+                {
+                    found.push(format!(
+                        "{service}: {}",
+                        file.strip_prefix(&root).unwrap_or(&file).display()
+                    ));
+                }
+            }
+            let history = output(self.project.docker(&[
+                "history",
+                "--no-trunc",
+                "--format",
+                "{{.CreatedBy}}",
+                &image,
+            ]))
+            .await?;
+            if history.contains("BEGIN CERTIFICATE")
+                || needles.iter().any(|n| history.contains(n.as_str()))
+            {
+                found.push(format!("{service}: its history"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&work);
+        let looked_for = needles.map_or(0, |n| n.len());
+        Ok(vec![Check {
+            name: "no certificate of the build's CA bundle (the proxy's) in any image layer",
+            expected: "0".into(),
+            observed: format!(
+                "{} found ({looked_for} certificate(s) looked for)",
+                found.len()
+            ),
+            holds: found.is_empty() && looked_for > 0,
+            detail: found,
+        }])
     }
 
     /// The README's walk-through, through the published gateway port.
@@ -429,7 +538,7 @@ impl Stack {
     }
 
     /// The gateway's view of the catalog route's blue pool: each endpoint's URL and state.
-    async fn catalog_endpoints(&self) -> anyhow::Result<Vec<(String, String)>> {
+    pub(crate) async fn catalog_endpoints(&self) -> anyhow::Result<Vec<(String, String)>> {
         let view: Value = reqwest::Client::new()
             .get(format!("{}/upstreams", self.admin))
             .bearer_auth(&self.admin_token)
@@ -459,7 +568,11 @@ impl Stack {
 
     /// Waits up to `within` for exactly `count` catalog endpoints, all healthy; how long it
     /// took, if it happened.
-    async fn healthy_catalogs(&self, count: usize, within: Duration) -> Option<Duration> {
+    pub(crate) async fn healthy_catalogs(
+        &self,
+        count: usize,
+        within: Duration,
+    ) -> Option<Duration> {
         let started = Instant::now();
         while started.elapsed() < within {
             if let Ok(endpoints) = self.catalog_endpoints().await
@@ -604,7 +717,7 @@ impl Stack {
         ])
     }
 
-    async fn first_product(&self) -> anyhow::Result<String> {
+    pub(crate) async fn first_product(&self) -> anyhow::Result<String> {
         let page: Value = reqwest::get(format!("{}/api/catalog/products?limit=1", self.gateway))
             .await?
             .json()
@@ -702,7 +815,7 @@ impl Stack {
     }
 
     /// Customers placing keyed orders and a reader, until `stop`.
-    async fn load(
+    pub(crate) async fn load(
         &self,
         ledger: &Arc<Ledger>,
         reads: &Arc<Mutex<Reads>>,
@@ -759,7 +872,7 @@ impl Stack {
     /// Reads what the ledger is judged against, from the `postgres` container: the orders of
     /// the load's customers (other phases' orders share the database), their answered keys,
     /// and the stock of the load's products.
-    async fn snapshot(&self, load: &Load) -> anyhow::Result<Snapshot> {
+    pub(crate) async fn snapshot(&self, load: &Load) -> anyhow::Result<Snapshot> {
         let customers = load
             .customers
             .iter()
@@ -826,7 +939,7 @@ impl Stack {
     }
 
     /// Judges the ledger (retrying while the last orders end and the stock follows).
-    async fn judged(
+    pub(crate) async fn judged(
         &self,
         ledger: &Ledger,
         load: &Load,
@@ -1099,6 +1212,38 @@ impl Stack {
     }
 }
 
+/// The PEM certificates of a bundle.
+fn certificates(bundle: &str) -> Vec<String> {
+    bundle
+        .split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .filter_map(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .map(|body| format!("-----BEGIN CERTIFICATE-----{body}-----END CERTIFICATE-----"))
+        .collect()
+}
+
+/// Every regular file under `root`.
+fn files(root: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                found.push(entry.path());
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// The crates cargo compiled, from a plain-progress build's output (`Compiling name vX`).
 fn compiled(printed: &str) -> Vec<String> {
     let mut crates: Vec<String> = printed
@@ -1115,6 +1260,17 @@ fn compiled(printed: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_is_split_into_its_certificates() {
+        let bundle = "# a comment\n-----BEGIN CERTIFICATE-----\nAAA\nBBB\n-----END CERTIFICATE-----\n\
+                      -----BEGIN CERTIFICATE-----\nCCC\n-----END CERTIFICATE-----\n";
+        let certificates = certificates(bundle);
+        assert_eq!(certificates.len(), 2);
+        assert_eq!(certificates[0].lines().nth(2), Some("BBB"));
+        assert!(contains(b"xxBBByy", b"BBB"));
+        assert!(!contains(b"xxBByy", b"BBB"));
+    }
 
     #[test]
     fn the_crates_a_build_compiled_are_read_from_its_output() {

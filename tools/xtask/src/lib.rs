@@ -31,6 +31,7 @@
 //! - [`ledger`]: what the clients were told, and the checker that judges a run by it.
 //! - [`docker`]: the Docker engine, and `docker` / `docker compose` for one project.
 //! - [`compose_test`]: the container suite.
+//! - [`container_chaos`]: faults on the network between the containers.
 //! - [`saga_bench`]: the saga's benchmark.
 
 pub mod catalog_bench;
@@ -39,6 +40,7 @@ pub mod clients;
 pub mod compose_test;
 pub mod conformance;
 pub mod console_test;
+pub mod container_chaos;
 pub mod database;
 pub mod dev_keys;
 pub mod docker;

@@ -59,6 +59,14 @@ enum Task {
         /// Use release binaries (build them first).
         #[arg(long)]
         release: bool,
+        /// Instead: faults on the network between the Compose stack's containers (a replica
+        /// cut off, RabbitMQ and PostgreSQL cut off, a slow and lossy replica, the broker
+        /// restarted, a rolling restart, DNS cut), on a project of its own.
+        #[arg(long)]
+        containers: bool,
+        /// With --containers: Compose's `--env-file` (e.g. `deploy/offline.env`).
+        #[arg(long)]
+        env_file: Option<std::path::PathBuf>,
     },
     /// The console in headless Chromium against a platform of its own: every instance shown, a
     /// killed instance turning unhealthy, the canary slider, an order's trace
@@ -166,57 +174,25 @@ fn env_or(name: &str, default: &str) -> String {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Task::Up {
-            catalog,
-            order,
-            canary,
-            canary_weight,
-            port,
-            admin_port,
-            console_port,
-            no_console,
-            release,
-        } => {
-            let options = stack::Options {
-                catalog_instances: catalog.max(1),
-                order_instances: order.max(1),
-                canary,
-                canary_weight: canary_weight.min(100),
-                gateway_port: port,
-                admin_port,
-                database_url: env_or(
-                    "DATABASE_URL",
-                    "postgres://postgres@127.0.0.1:5432/postgres",
-                ),
-                catalog_database: env_or("CATALOG_DATABASE", "dockyard_catalog"),
-                order_database: env_or("ORDER_DATABASE", "dockyard_orders"),
-                amqp_url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-                amqp_exchange: env_or("AMQP_EXCHANGE", "dockyard.events"),
-                bin_dir: stack::bin_dir(release),
-                admin_token: env_or("ADMIN_TOKEN", "dockyard-local-admin-token"),
-                log_format: env_or("LOG_FORMAT", "pretty"),
-                show_logs: true,
-                service_env: Vec::new(),
-                gateway_env: Vec::new(),
-                log_file: None,
-                auth: true,
-                console_port: (!no_console).then_some(console_port),
-            };
+        task @ Task::Up { .. } => {
+            let (options, release) = up_options(&task);
             up(options, release).await
         }
         Task::Token { sub, scope, ttl } => token(&sub, &scope, ttl),
         Task::Images => verdict("images", xtask::docker::images().await.map(|()| true)),
-        Task::ComposeTest { env_file, cold } => verdict(
-            "compose-test",
-            xtask::compose_test::run(xtask::compose_test::Options { env_file, cold }).await,
-        ),
+        Task::ComposeTest { env_file, cold } => {
+            let options = xtask::compose_test::Options { env_file, cold };
+            verdict("compose-test", xtask::compose_test::run(options).await)
+        }
         Task::Conformance { release } => verdict(
             "conformance",
             xtask::conformance::run(stack::bin_dir(release)).await,
         ),
-        Task::Chaos { release } => {
-            verdict("chaos", xtask::chaos::run(stack::bin_dir(release)).await)
-        }
+        Task::Chaos {
+            release,
+            containers,
+            env_file,
+        } => verdict("chaos", chaos(release, containers, env_file).await),
         Task::ConsoleTest {
             release,
             screenshot,
@@ -310,6 +286,63 @@ fn token(sub: &str, scopes: &[String], ttl: u64) -> ExitCode {
 }
 
 /// The exit code of a task that passes (`Ok(true)`), fails its checks, or cannot run.
+/// `cargo xtask up`'s stack, from its options.
+fn up_options(task: &Task) -> (stack::Options, bool) {
+    let &Task::Up {
+        catalog,
+        order,
+        canary,
+        canary_weight,
+        port,
+        admin_port,
+        console_port,
+        no_console,
+        release,
+    } = task
+    else {
+        unreachable!("called with Task::Up");
+    };
+    let options = stack::Options {
+        catalog_instances: catalog.max(1),
+        order_instances: order.max(1),
+        canary,
+        canary_weight: canary_weight.min(100),
+        gateway_port: port,
+        admin_port,
+        database_url: env_or(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        ),
+        catalog_database: env_or("CATALOG_DATABASE", "dockyard_catalog"),
+        order_database: env_or("ORDER_DATABASE", "dockyard_orders"),
+        amqp_url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        amqp_exchange: env_or("AMQP_EXCHANGE", "dockyard.events"),
+        bin_dir: stack::bin_dir(release),
+        admin_token: env_or("ADMIN_TOKEN", "dockyard-local-admin-token"),
+        log_format: env_or("LOG_FORMAT", "pretty"),
+        show_logs: true,
+        service_env: Vec::new(),
+        gateway_env: Vec::new(),
+        log_file: None,
+        auth: true,
+        console_port: (!no_console).then_some(console_port),
+    };
+    (options, release)
+}
+
+/// The process suite, or with `containers` the one on the Compose stack's network.
+async fn chaos(
+    release: bool,
+    containers: bool,
+    env_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<bool> {
+    if containers {
+        xtask::container_chaos::run(env_file).await
+    } else {
+        xtask::chaos::run(stack::bin_dir(release)).await
+    }
+}
+
 fn verdict(task: &str, outcome: anyhow::Result<bool>) -> ExitCode {
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
