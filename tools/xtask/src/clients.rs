@@ -100,22 +100,33 @@ pub async fn customer(me: Customer, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) 
     }
 }
 
-/// Cancels order `id`, retrying for `patience`; `true` once the service said it did (`200`).
-/// `409` means the order had ended already: the client records no cancellation.
+/// Cancels order `id`, retrying for `patience`; `true` once the order is cancelled. `200` says
+/// so; `409` says it had ended already — perhaps by this very cancellation, whose answer was
+/// lost (the gateway restarted), so the client then reads the order to learn how it ended.
 async fn cancel(client: &reqwest::Client, me: &Customer, id: Uuid) -> bool {
+    let order = format!("{}/api/orders/orders/{id}", me.gateway);
     let first = tokio::time::Instant::now();
     while first.elapsed() < me.patience {
-        let sent = dev_keys::with_token(
-            client.post(format!("{}/api/orders/orders/{id}/cancel", me.gateway)),
-            me.token.as_deref(),
-        )
-        .send()
-        .await;
+        let sent =
+            dev_keys::with_token(client.post(format!("{order}/cancel")), me.token.as_deref())
+                .send()
+                .await;
         match sent.map(|r| r.status().as_u16()) {
             Ok(200) => return true,
-            Ok(409) => return false,
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(409) => {
+                let read = dev_keys::with_token(client.get(&order), me.token.as_deref())
+                    .send()
+                    .await;
+                if let Ok(response) = read
+                    && response.status() == 200
+                    && let Ok(seen) = response.json::<Value>().await
+                {
+                    return seen["status"] == "cancelled";
+                }
+            }
+            _ => {}
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
 }
