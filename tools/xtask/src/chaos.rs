@@ -320,14 +320,8 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
     platform.stop().await;
     let attacks = *attacks.lock().expect("the count");
     let reads = reads.lock().expect("the reads");
-    let failed_reads: Vec<String> = reads
-        .failed
-        .iter()
-        .filter(|(at, _)| !windows.iter().any(|w| w.from <= *at && *at <= w.to))
-        .map(|(at, why)| format!("at {:.1} s: {why}", at.as_secs_f64()))
-        .collect();
     checks.extend([
-        count("reads failed outside declared windows", failed_reads),
+        reads.check(&windows, 0),
         Check {
             name: "reads made",
             expected: ">= 500".into(),
@@ -335,8 +329,9 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
             holds: reads.total >= 500,
             detail: Vec::new(),
         },
-        count(
+        Check::count(
             "load tasks that panicked",
+            panicked,
             vec!["a customer or the reader".to_owned(); panicked],
         ),
         Check {
@@ -395,16 +390,6 @@ async fn run_in(sandbox: &Sandbox, bin_dir: std::path::PathBuf) -> anyhow::Resul
         println!("\ninstance logs kept in {}", log_file.display());
     }
     Ok(held)
-}
-
-fn count(name: &'static str, detail: Vec<String>) -> Check {
-    Check {
-        name,
-        expected: "0".into(),
-        observed: detail.len().to_string(),
-        holds: detail.is_empty(),
-        detail: detail.into_iter().take(5).collect(),
-    }
 }
 
 /// One client sending bad requests of every kind for `duration`, about 40 a second.

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     dev_keys,
-    ledger::{Answer, Attempt, Ledger, Placement},
+    ledger::{Answer, Attempt, Check, Ledger, Placement, Window},
 };
 
 /// How a customer behaves.
@@ -141,6 +141,23 @@ pub struct Reads {
 }
 
 impl Reads {
+    /// The reads that failed outside `windows`, as a check; at least `min_total` reads made.
+    pub fn check(&self, windows: &[Window], min_total: usize) -> Check {
+        let failed: Vec<String> = self
+            .failed
+            .iter()
+            .filter(|(at, _)| !windows.iter().any(|w| w.contains(*at)))
+            .map(|(at, why)| format!("at {:.1} s: {why}", at.as_secs_f64()))
+            .collect();
+        Check {
+            name: "reads failed outside declared windows",
+            expected: "0".into(),
+            observed: format!("{} of {}", failed.len(), self.total),
+            holds: failed.is_empty() && self.total >= min_total,
+            detail: failed.into_iter().take(5).collect(),
+        }
+    }
+
     /// The `quantile` (0–1) of the latencies of reads sent within `from..to`.
     pub fn latency(&self, from: Duration, to: Duration, quantile: f64) -> Option<Duration> {
         let mut within: Vec<Duration> = self

@@ -158,16 +158,6 @@ pub(crate) struct Stack {
     pub token: TokenFn,
 }
 
-fn check(name: &'static str, holds: bool, observed: impl Into<String>) -> Check {
-    Check {
-        name,
-        expected: "yes".into(),
-        observed: observed.into(),
-        holds,
-        detail: Vec::new(),
-    }
-}
-
 impl Stack {
     /// Takes the project down: its containers, networks and volumes.
     pub(crate) async fn down(&self) -> anyhow::Result<()> {
@@ -337,7 +327,7 @@ impl Stack {
             })
             .or_else(|| std::env::var("BUILD_CA_FILE").ok());
         let Some(bundle) = bundle.and_then(|path| std::fs::read_to_string(path).ok()) else {
-            return Ok(vec![check(
+            return Ok(vec![Check::yes(
                 "no CA of the build in any image layer",
                 true,
                 "no CA bundle was handed to the build",
@@ -498,38 +488,38 @@ impl Stack {
         let editor = (self.token)("compose-test-editor", &[dev_keys::CATALOG_WRITE]);
         let written = patch(Some(editor)).await?.status().as_u16();
         Ok(vec![
-            check(
+            Check::yes(
                 "walk-through: the first product's stock is 120",
                 first_stock == 120,
                 first_stock.to_string(),
             ),
-            check(
+            Check::yes(
                 "walk-through: the order is confirmed at 2580 EUR",
                 seen["status"] == "confirmed"
                     && seen["total"] == json!({"amount_minor": 2580, "currency": "EUR"}),
                 format!("{} {}", seen["status"], seen["total"]),
             ),
-            check(
+            Check::yes(
                 "walk-through: stock 118 once confirmed",
                 reserved_stock == 118,
                 reserved_stock.to_string(),
             ),
-            check(
+            Check::yes(
                 "walk-through: the order is cancelled",
                 cancelled["status"] == "cancelled",
                 cancelled["status"].to_string(),
             ),
-            check(
+            Check::yes(
                 "walk-through: stock 120 again",
                 restored == 120,
                 restored.to_string(),
             ),
-            check(
+            Check::yes(
                 "walk-through: PATCH without a token is 401",
                 anonymous == 401,
                 anonymous.to_string(),
             ),
-            check(
+            Check::yes(
                 "walk-through: PATCH with catalog:write is 200",
                 written == 200,
                 written.to_string(),
@@ -586,6 +576,17 @@ impl Stack {
         None
     }
 
+    /// `docker compose up --scale catalog=N`, waiting for every container to be healthy.
+    pub(crate) async fn scale_catalog(&self, replicas: usize) -> anyhow::Result<()> {
+        let scale = format!("catalog={replicas}");
+        output(
+            self.project
+                .compose(&["up", "-d", "--wait", "--no-recreate", "--scale", &scale]),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Successful attempts per catalog endpoint, from the gateway's metrics.
     async fn catalog_attempts(&self) -> anyhow::Result<std::collections::HashMap<String, f64>> {
         let text = reqwest::get(format!("{}/metrics", self.admin))
@@ -617,15 +618,7 @@ impl Stack {
     /// Scale out to four catalogs and back to two under a read load.
     async fn scale(&self) -> anyhow::Result<Vec<Check>> {
         println!("compose-test: --scale catalog=4, then back to 2 under a read load");
-        output(self.project.compose(&[
-            "up",
-            "-d",
-            "--wait",
-            "--no-recreate",
-            "--scale",
-            "catalog=4",
-        ]))
-        .await?;
+        self.scale_catalog(4).await?;
         let found = self.healthy_catalogs(4, Duration::from_secs(10)).await;
         let before = self.catalog_attempts().await?;
         let client = reqwest::Client::builder()
@@ -666,22 +659,14 @@ impl Stack {
             (Arc::clone(&ledger), Arc::clone(&reads)),
             Arc::clone(&stop),
         ));
-        output(self.project.compose(&[
-            "up",
-            "-d",
-            "--wait",
-            "--no-recreate",
-            "--scale",
-            "catalog=2",
-        ]))
-        .await?;
+        self.scale_catalog(2).await?;
         let back = self.healthy_catalogs(2, Duration::from_secs(10)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop.store(true, Ordering::Relaxed);
         reader.await.context("the reader panicked")?;
         let reads = reads.lock().expect("the reads");
         Ok(vec![
-            check(
+            Check::yes(
                 "scale to 4: four healthy catalog endpoints within 10 s (Docker's DNS)",
                 found.is_some(),
                 found.map_or_else(
@@ -689,12 +674,12 @@ impl Stack {
                     |t| format!("{:.1} s", t.as_secs_f64()),
                 ),
             ),
-            check(
+            Check::yes(
                 "scale to 4: reads reach all four",
                 reached == 4,
                 format!("{reached} of 4"),
             ),
-            check(
+            Check::yes(
                 "scale back to 2: two healthy endpoints",
                 back.is_some(),
                 back.map_or_else(
@@ -704,15 +689,7 @@ impl Stack {
             ),
             Check {
                 name: "scale back to 2 under reads: failed reads",
-                expected: "0".into(),
-                observed: format!("{} of {}", reads.failed.len(), reads.total),
-                holds: reads.failed.is_empty() && reads.total > 50,
-                detail: reads
-                    .failed
-                    .iter()
-                    .take(5)
-                    .map(|(at, e)| format!("{at:?}: {e}"))
-                    .collect(),
+                ..reads.check(&[], 51)
             },
         ])
     }
@@ -771,7 +748,7 @@ impl Stack {
             }
         }
         Ok(vec![
-            check(
+            Check::yes(
                 "containers inspected (catalog ×2, order, gateway, console)",
                 seen == 5,
                 seen.to_string(),
@@ -1011,7 +988,7 @@ impl Stack {
             windows: Vec::new(),
         };
         let mut checks = vec![
-            check(
+            Check::yes(
                 "self-healing: Docker restarted the killed catalog, healthy again",
                 restarted.is_some(),
                 restarted.map_or_else(
@@ -1019,7 +996,7 @@ impl Stack {
                     |t| format!("in {:.1} s", t.as_secs_f64()),
                 ),
             ),
-            check(
+            Check::yes(
                 "self-healing: the gateway put it back in rotation",
                 in_rotation.is_some(),
                 in_rotation.map_or_else(
@@ -1032,15 +1009,7 @@ impl Stack {
         let reads = reads.lock().expect("the reads");
         checks.push(Check {
             name: "self-healing: failed reads",
-            expected: "0".into(),
-            observed: format!("{} of {}", reads.failed.len(), reads.total),
-            holds: reads.failed.is_empty(),
-            detail: reads
-                .failed
-                .iter()
-                .take(5)
-                .map(|(at, e)| format!("{at:?}: {e}"))
-                .collect(),
+            ..reads.check(&[], 0)
         });
         Ok(checks)
     }
@@ -1110,7 +1079,7 @@ impl Stack {
                 holds: targets.len() >= 5 && down.is_empty(),
                 detail: down,
             },
-            check(
+            Check::yes(
                 "console: a trace through gateway, order and catalog",
                 through,
                 format!("{} traces", traces["traces"].as_array().map_or(0, Vec::len)),
@@ -1194,7 +1163,7 @@ impl Stack {
                 holds: exits.is_empty() && !ids.is_empty(),
                 detail: exits,
             },
-            check(
+            Check::yes(
                 "stop: within the grace period (30 s)",
                 stopped_in < Duration::from_secs(30),
                 format!("{:.1} s", stopped_in.as_secs_f64()),

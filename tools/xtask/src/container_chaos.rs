@@ -156,20 +156,7 @@ impl<'a> Phase<'a> {
         };
         let mut checks = self.stack.judged(&self.ledger, &self.load, &expect).await?;
         let reads = self.reads.lock().expect("the reads");
-        let outside = |at: &Duration| !windows.iter().any(|w| w.from <= *at && *at <= w.to);
-        let failed_reads: Vec<String> = reads
-            .failed
-            .iter()
-            .filter(|(at, _)| outside(at))
-            .map(|(at, why)| format!("at {:.1} s: {why}", at.as_secs_f64()))
-            .collect();
-        checks.push(Check {
-            name: "reads failed outside declared windows",
-            expected: "0".into(),
-            observed: format!("{} of {}", failed_reads.len(), reads.total),
-            holds: failed_reads.is_empty() && reads.total > 20,
-            detail: failed_reads.iter().take(5).cloned().collect(),
-        });
+        checks.push(reads.check(&windows, 21));
         checks.append(&mut extra);
         let placements = self.ledger.placements();
         let find = |name: &str| {
@@ -245,6 +232,14 @@ async fn in_netns(pid: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut command = tokio::process::Command::new("nsenter");
     command.args(["-t", pid, "-n"]).args(args);
     output(command).await
+}
+
+/// `iptables ACTION RULE…` (`-I` to add a rule first, `-D` to delete it) in a container's
+/// network namespace.
+async fn iptables(pid: &str, action: &str, rule: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec!["iptables", action];
+    args.extend_from_slice(rule);
+    in_netns(pid, &args).await
 }
 
 /// The interface of a container's default route (`eth0`, or another name after a reconnect).
@@ -373,7 +368,7 @@ async fn cut_from_broker(stack: &Stack, service: &str, index: usize) -> Outcome 
     let broker = target(stack, "rabbitmq", 0).await?;
     let rule = ["OUTPUT", "-d", broker.ip.as_str(), "-j", "DROP"];
     let from = phase.ledger.now();
-    in_netns(&victim.pid, &[&["iptables", "-I"][..], &rule[..]].concat()).await?;
+    iptables(&victim.pid, "-I", &rule).await?;
     let cut = Instant::now();
     let mut degraded = false;
     while cut.elapsed() < Duration::from_secs(20) {
@@ -387,7 +382,7 @@ async fn cut_from_broker(stack: &Stack, service: &str, index: usize) -> Outcome 
                 || report["checks"]["outbox"]["status"] == "degraded");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let restored = in_netns(&victim.pid, &[&["iptables", "-D"][..], &rule[..]].concat()).await;
+    let restored = iptables(&victim.pid, "-D", &rule).await;
     let to = phase.ledger.now();
     restored?;
     let drained = pending_drained(stack, Duration::from_secs(10)).await;
@@ -423,7 +418,7 @@ async fn cut_from_database(stack: &Stack) -> Outcome {
     let database = target(stack, "postgres", 0).await?;
     let rule = ["OUTPUT", "-d", database.ip.as_str(), "-j", "DROP"];
     let from = phase.ledger.now();
-    in_netns(&victim.pid, &[&["iptables", "-I"][..], &rule[..]].concat()).await?;
+    iptables(&victim.pid, "-I", &rule).await?;
     let cut = Instant::now();
     let mut isolated = None;
     while cut.elapsed() < Duration::from_secs(10) {
@@ -437,7 +432,7 @@ async fn cut_from_database(stack: &Stack) -> Outcome {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let restored = in_netns(&victim.pid, &[&["iptables", "-D"][..], &rule[..]].concat()).await;
+    let restored = iptables(&victim.pid, "-D", &rule).await;
     let to = phase.ledger.now();
     restored?;
     let back = stack.healthy_catalogs(2, Duration::from_secs(10)).await;
@@ -502,7 +497,7 @@ async fn slow_and_lossy(stack: &Stack, baseline: Option<Duration>) -> Outcome {
         "netem 200 ms, 5 % loss"
     } else {
         // This kernel has no sch_netem.
-        in_netns(&victim.pid, &[&["iptables", "-I"][..], &loss[..]].concat()).await?;
+        iptables(&victim.pid, "-I", &loss).await?;
         in_netns(
             &victim.pid,
             &[
@@ -516,7 +511,7 @@ async fn slow_and_lossy(stack: &Stack, baseline: Option<Duration>) -> Outcome {
     tokio::time::sleep(Duration::from_secs(15)).await;
     let restored = in_netns(&victim.pid, &["tc", "qdisc", "del", "dev", &device, "root"]).await;
     if netem.is_err() {
-        in_netns(&victim.pid, &[&["iptables", "-D"][..], &loss[..]].concat()).await?;
+        iptables(&victim.pid, "-D", &loss).await?;
     }
     let to = phase.ledger.now();
     restored?;
@@ -606,31 +601,15 @@ async fn dns_cut(stack: &Stack) -> Outcome {
     let gateway = target(stack, "gateway", 0).await?;
     let rule = ["OUTPUT", "-d", "127.0.0.11", "-j", "DROP"];
     let from = phase.ledger.now();
-    in_netns(&gateway.pid, &[&["iptables", "-I"][..], &rule[..]].concat()).await?;
+    iptables(&gateway.pid, "-I", &rule).await?;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let kept = stack.catalog_endpoints().await.map_or(0, |e| e.len());
-    let restored = in_netns(&gateway.pid, &[&["iptables", "-D"][..], &rule[..]].concat()).await;
+    let restored = iptables(&gateway.pid, "-D", &rule).await;
     let to = phase.ledger.now();
     restored?;
-    output(stack.project.compose(&[
-        "up",
-        "-d",
-        "--wait",
-        "--no-recreate",
-        "--scale",
-        "catalog=3",
-    ]))
-    .await?;
+    stack.scale_catalog(3).await?;
     let picked = stack.healthy_catalogs(3, Duration::from_secs(10)).await;
-    output(stack.project.compose(&[
-        "up",
-        "-d",
-        "--wait",
-        "--no-recreate",
-        "--scale",
-        "catalog=2",
-    ]))
-    .await?;
+    stack.scale_catalog(2).await?;
     let extra = vec![
         Check {
             name: "the last good endpoints kept while DNS does not answer",
@@ -663,13 +642,7 @@ fn secs_ms(d: Option<Duration>) -> String {
 }
 
 fn check_some(name: &'static str, when: Option<Duration>) -> Check {
-    Check {
-        name,
-        expected: "yes".into(),
-        observed: secs(when),
-        holds: when.is_some(),
-        detail: Vec::new(),
-    }
+    Check::yes(name, when.is_some(), secs(when))
 }
 
 /// Waits up to `within` for no order to be pending; how long it took.

@@ -97,7 +97,7 @@ pub struct Window {
 }
 
 impl Window {
-    fn contains(&self, at: Duration) -> bool {
+    pub fn contains(&self, at: Duration) -> bool {
         self.from <= at && at <= self.to
     }
 }
@@ -133,7 +133,19 @@ pub struct Check {
 }
 
 impl Check {
-    fn count(name: &'static str, observed: usize, detail: Vec<String>) -> Self {
+    /// A check that holds or not, with what was observed.
+    pub fn yes(name: &'static str, holds: bool, observed: impl Into<String>) -> Self {
+        Self {
+            name,
+            expected: "yes".into(),
+            observed: observed.into(),
+            holds,
+            detail: Vec::new(),
+        }
+    }
+
+    /// A count that must be zero; a few of the counted things as its detail.
+    pub fn count(name: &'static str, observed: usize, detail: Vec<String>) -> Self {
         Self {
             name,
             expected: "0".into(),
