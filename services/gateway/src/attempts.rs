@@ -38,7 +38,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use crate::{
     body::{self, ClientFault},
     metrics::{Outcome, RouteLabels},
-    pool::{Endpoint, Pool},
+    pool::{Endpoint, Latency, Pool},
     server,
     service::Service,
     state::Gateway,
@@ -71,6 +71,30 @@ impl Verdict {
             _ => Self::Healthy,
         }
     }
+}
+
+/// Tells the balancer how long an attempt on `endpoint` took. A failure (refused, dropped,
+/// 502/503/504) or a shed answer is often fast; it counts as at least
+/// [`Latency::FAILURE_PENALTY`], so that a broken or overloaded instance never looks like the
+/// quickest (ejection still takes a broken one out after repeated failures).
+fn weigh(
+    endpoint: &Endpoint,
+    result: &Result<Response<Incoming>, SendError>,
+    started: Instant,
+    took: Duration,
+) {
+    let failed = match result {
+        Ok(response) => Verdict::of(response) != Verdict::Healthy,
+        Err(error) => !matches!(error, SendError::InvalidPath),
+    };
+    endpoint.observe(
+        if failed {
+            took.max(Latency::FAILURE_PENALTY)
+        } else {
+            took
+        },
+        started + took,
+    );
 }
 
 /// Idempotent methods, and POSTs with an `Idempotency-Key`, may be sent more than once.
@@ -161,7 +185,9 @@ impl Call<'_> {
             tried.push(Arc::clone(&endpoint));
             let started = Instant::now();
             let result = self.send(&endpoint, attempt_body, deadline).await;
-            let seconds = started.elapsed().as_secs_f64();
+            let took = started.elapsed();
+            let seconds = took.as_secs_f64();
+            weigh(&endpoint, &result, started, took);
             match result {
                 Ok(response) => {
                     sent += 1;
@@ -186,7 +212,9 @@ impl Call<'_> {
                     }
                     let outcome = match error {
                         SendError::Timeout => Outcome::Timeout,
-                        SendError::Client(_) | SendError::InvalidPath => Outcome::Unreachable,
+                        SendError::Client(_) | SendError::InvalidPath | SendError::Gone => {
+                            Outcome::Unreachable
+                        }
                     };
                     endpoint.metrics.attempt(outcome, seconds);
                     self.pool
@@ -248,13 +276,25 @@ impl Call<'_> {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = self.headers.clone();
-        tokio::time::timeout(
-            self.gateway.try_timeout.min(left),
-            self.client.request(request),
-        )
-        .await
-        .map_err(|_| SendError::Timeout)?
-        .map_err(SendError::Client)
+        let answer = async {
+            tokio::time::timeout(
+                self.gateway.try_timeout.min(left),
+                self.client.request(request),
+            )
+            .await
+            .map_err(|_| SendError::Timeout)?
+            .map_err(SendError::Client)
+        };
+        if self.attempts < 2 {
+            return answer.await;
+        }
+        // A request that may be tried elsewhere does not wait out the try time-out on an
+        // instance that has left discovery (a partition drops its packets without a reset).
+        tokio::select! {
+            biased;
+            answer = answer => answer,
+            () = endpoint.gone() => Err(SendError::Gone),
+        }
     }
 
     fn count(&self, family: &Family<RouteLabels, Counter>) {
@@ -338,6 +378,10 @@ enum SendError {
     InvalidPath,
     #[error("{0}")]
     Client(#[from] hyper_util::client::legacy::Error),
+    /// The endpoint left discovery while the attempt waited (its address is gone: the
+    /// instance was removed or cut off), so the attempt stopped waiting for an answer.
+    #[error("the instance left discovery during the attempt")]
+    Gone,
 }
 
 impl SendError {

@@ -2,8 +2,10 @@
 //! how a request picks an instance.
 //!
 //! Balancing is the power of two choices: pick two available endpoints at random and send to
-//! the one with fewer requests in flight. Cheap, and it avoids both herding (least-loaded
-//! everywhere) and ignoring load (random).
+//! the cheaper one, its cost being its peak-EWMA latency times its requests in flight plus one
+//! (Finagle's and linkerd's balancer). Cheap, and it avoids both herding (least-loaded
+//! everywhere) and ignoring load (random); a slow instance (a lossy link, a struggling host)
+//! costs more and gets less, without failing anything (see [`Latency`]).
 //!
 //! An endpoint is *available* when its last active health check passed and passive health
 //! has not ejected it. Passive health works like Envoy's outlier detection:
@@ -14,7 +16,9 @@
 //!
 //! The endpoint list is replaced as a whole when discovery sees the addresses change; a
 //! request holds its endpoint by `Arc`, so an endpoint that left finishes what it has in
-//! flight and only stops getting new requests.
+//! flight and only stops getting new requests — but an attempt that may be retried waits for
+//! it at most [`DEPARTED_GRACE`] more and is then tried on another instance: an address that
+//! left may be a partition, which drops packets rather than closing connections.
 
 use std::{
     sync::{
@@ -33,6 +37,13 @@ use crate::metrics::{EndpointLabels, EndpointMetrics, GatewayMetrics, Outcome};
 
 /// Which pool of a route a list of URLs describes (defined with the admin API, which shows it).
 pub use dockyard_gateway_admin::PoolKind;
+
+/// How much longer a retryable attempt waits for an answer from an instance that has left
+/// discovery before it is tried on another. Long enough for an instance that is draining (an
+/// orchestrator takes it out of DNS as it tells it to stop) to finish what it has; far shorter
+/// than the try time-out an instance cut off by a partition (its packets dropped, no reset)
+/// would otherwise cost the request.
+pub const DEPARTED_GRACE: Duration = Duration::from_secs(2);
 
 /// How passive health (outlier ejection) behaves.
 #[derive(Debug, Clone)]
@@ -73,10 +84,14 @@ pub struct Endpoint {
     target: usize,
     checked: AtomicU8,
     in_flight: AtomicUsize,
+    latency: Mutex<Latency>,
     consecutive_failures: AtomicU32,
     /// How many times it was ejected in a row: the back-off grows with it.
     ejections: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
+    /// Set, and its waiters woken, when the endpoint leaves discovery.
+    left: std::sync::atomic::AtomicBool,
+    leaving: tokio::sync::Notify,
     pub metrics: EndpointMetrics,
 }
 
@@ -92,9 +107,12 @@ impl Endpoint {
             target,
             checked: AtomicU8::new(checked as u8),
             in_flight: AtomicUsize::new(0),
+            latency: Mutex::new(Latency::default()),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
+            left: std::sync::atomic::AtomicBool::new(false),
+            leaving: tokio::sync::Notify::new(),
             metrics,
         }
     }
@@ -161,6 +179,46 @@ impl Endpoint {
         url
     }
 
+    /// Records how long an attempt took to its response head (or to its try time-out).
+    pub fn observe(&self, took: Duration, now: Instant) {
+        self.latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(took, now);
+    }
+
+    /// What sending it one more request is expected to cost: its latency estimate (never below
+    /// [`Latency::FLOOR`], so that load still counts between fast instances) times its
+    /// requests in flight plus this one.
+    pub fn cost(&self, now: Instant) -> f64 {
+        let latency = self
+            .latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .estimate(now)
+            .max(Latency::FLOOR);
+        #[allow(clippy::cast_precision_loss)] // requests in flight are far below 2^52
+        let waiting = (self.in_flight() + 1) as f64;
+        latency * waiting
+    }
+
+    /// Resolves [`DEPARTED_GRACE`] after the endpoint has left discovery.
+    pub async fn gone(&self) {
+        let leaving = self.leaving.notified();
+        tokio::pin!(leaving);
+        // Registered before the flag is read: a departure in between still wakes it.
+        leaving.as_mut().enable();
+        if !self.left.load(Ordering::Acquire) {
+            leaving.await;
+        }
+        tokio::time::sleep(DEPARTED_GRACE).await;
+    }
+
+    fn leave(&self) {
+        self.left.store(true, Ordering::Release);
+        self.leaving.notify_waiters();
+    }
+
     /// Counts a request in flight until the guard drops.
     pub fn start(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +262,51 @@ impl Endpoint {
                 Checked::Unhealthy => EndpointState::Unhealthy,
             }
         }
+    }
+}
+
+/// An endpoint's peak-EWMA latency, in seconds: a slower answer than the estimate raises it
+/// at once (the peak), a faster one pulls it down by a weight that grows with the time since
+/// the last answer, and with no answers it decays towards zero with the time constant
+/// [`Latency::DECAY`]. A slow instance is thus avoided as soon as one answer shows it, and
+/// tried again only once its estimate has decayed below the others' costs (for an instance
+/// 100 times slower than its peers, about 45 s): recovery costs one slow request, not a
+/// stream of them.
+#[derive(Debug, Default)]
+pub struct Latency {
+    seconds: f64,
+    at: Option<Instant>,
+}
+
+impl Latency {
+    /// linkerd's default decay time.
+    pub const DECAY: Duration = Duration::from_secs(10);
+    /// The smallest latency a cost is computed with (a fresh endpoint has no estimate).
+    pub const FLOOR: f64 = 0.000_1;
+    /// What a failed attempt counts as, at least.
+    pub const FAILURE_PENALTY: Duration = Duration::from_millis(100);
+
+    fn weight(&self, now: Instant) -> f64 {
+        self.at.map_or(0.0, |at| {
+            (-now.saturating_duration_since(at).as_secs_f64() / Self::DECAY.as_secs_f64()).exp()
+        })
+    }
+
+    /// The estimate at `now`.
+    pub fn estimate(&self, now: Instant) -> f64 {
+        self.seconds * self.weight(now)
+    }
+
+    pub fn observe(&mut self, took: Duration, now: Instant) {
+        let sample = took.as_secs_f64();
+        let weight = self.weight(now);
+        let decayed = self.seconds * weight;
+        self.seconds = if sample > decayed {
+            sample
+        } else {
+            decayed + sample * (1.0 - weight)
+        };
+        self.at = Some(now);
     }
 }
 
@@ -320,6 +423,7 @@ impl Pool {
         }
         for old in slot.iter() {
             if !next.iter().any(|e| Arc::ptr_eq(e, old)) {
+                old.leave();
                 self.metrics.forget(&old.metrics);
                 changes.removed.push(Arc::clone(old));
             }
@@ -351,13 +455,13 @@ impl Pool {
             .filter(|e| e.is_available(now))
             .collect();
         if !available.is_empty() {
-            return Some(Arc::clone(two_choices(&available)));
+            return Some(Arc::clone(two_choices(&available, now)));
         }
         if endpoints.iter().any(|e| e.is_available(now)) {
             return None; // the available ones were all tried
         }
         let all: Vec<&Arc<Endpoint>> = endpoints.iter().filter(untried).collect();
-        (!all.is_empty()).then(|| Arc::clone(two_choices(&all)))
+        (!all.is_empty()).then(|| Arc::clone(two_choices(&all, now)))
     }
 
     /// Counts a failed attempt against `endpoint`, ejecting it after too many in a row.
@@ -382,7 +486,7 @@ impl Pool {
     }
 }
 
-fn two_choices<'a>(candidates: &[&'a Arc<Endpoint>]) -> &'a Arc<Endpoint> {
+fn two_choices<'a>(candidates: &[&'a Arc<Endpoint>], now: Instant) -> &'a Arc<Endpoint> {
     let n = candidates.len();
     if n == 1 {
         return candidates[0];
@@ -390,7 +494,7 @@ fn two_choices<'a>(candidates: &[&'a Arc<Endpoint>]) -> &'a Arc<Endpoint> {
     let a = fastrand::usize(..n);
     let b = (a + 1 + fastrand::usize(..n - 1)) % n;
     let (a, b) = (candidates[a], candidates[b]);
-    if b.in_flight() < a.in_flight() { b } else { a }
+    if b.cost(now) < a.cost(now) { b } else { a }
 }
 
 #[cfg(test)]
@@ -434,6 +538,62 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(pick(&pool, &[], Instant::now()), Some(1));
         }
+    }
+
+    #[test]
+    fn a_slow_endpoint_gets_no_traffic_until_its_estimate_decays() {
+        let pool = pool(2, false);
+        let endpoints = pool.endpoints();
+        let now = Instant::now();
+        endpoints[0].observe(Duration::from_millis(2), now);
+        endpoints[1].observe(Duration::from_millis(200), now);
+        for _ in 0..50 {
+            assert_eq!(pick(&pool, &[], now), Some(0), "the fast one, while fresh");
+        }
+        let busy: Vec<_> = (0..10).map(|_| endpoints[0].start()).collect();
+        assert_eq!(
+            pick(&pool, &[], now),
+            Some(0),
+            "ten in flight at 2 ms still cost less than one at 200 ms"
+        );
+        drop(busy);
+        // Keep the fast one's estimate fresh; the slow one gets no answers and decays.
+        let later = now + Duration::from_secs(60);
+        endpoints[0].observe(Duration::from_millis(2), later);
+        assert_eq!(
+            pick(&pool, &[], later),
+            Some(1),
+            "after a minute without answers the slow one is tried again"
+        );
+    }
+
+    #[test]
+    fn the_latency_estimate_peaks_at_once_and_comes_down_slowly() {
+        let mut latency = Latency::default();
+        let start = Instant::now();
+        latency.observe(Duration::from_millis(1), start);
+        latency.observe(
+            Duration::from_millis(100),
+            start + Duration::from_millis(10),
+        );
+        let peak = latency.estimate(start + Duration::from_millis(10));
+        assert!((peak - 0.1).abs() < 1e-9, "peak {peak}");
+        // A fast answer 1 s later pulls it part of the way down, not all of it.
+        let at = start + Duration::from_millis(1010);
+        latency.observe(Duration::from_millis(1), at);
+        let after = latency.estimate(at);
+        assert!(
+            after < 0.1 && after > 0.05,
+            "after one fast answer: {after}"
+        );
+        // Fast answers for a while bring it back near them.
+        let mut t = at;
+        for _ in 0..600 {
+            t += Duration::from_millis(100);
+            latency.observe(Duration::from_millis(1), t);
+        }
+        let settled = latency.estimate(t);
+        assert!(settled < 0.002, "settled at {settled}");
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub async fn customer(me: Customer, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) 
                         None => Answer::NoAnswer,
                     }
                 }
+                Ok(response) if response.headers().contains_key("dockyard-shed") => Answer::Shed,
                 Ok(response) => Answer::Refused(response.status().as_u16()),
                 Err(_) => Answer::NoAnswer,
             };

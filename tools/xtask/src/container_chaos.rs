@@ -54,7 +54,25 @@ struct Row {
 }
 
 /// Runs every fault; `Ok(true)` when each one's checks hold.
-pub async fn run(env_file: Option<PathBuf>) -> anyhow::Result<bool> {
+/// The faults by name, in the order they run (`--only` picks some).
+pub const FAULTS: [&str; 8] = [
+    "disconnect",
+    "order-broker",
+    "catalog-broker",
+    "database",
+    "slow",
+    "broker-restart",
+    "rolling",
+    "dns",
+];
+
+pub async fn run(env_file: Option<PathBuf>, only: &[String]) -> anyhow::Result<bool> {
+    if let Some(unknown) = only.iter().find(|name| !FAULTS.contains(&name.as_str())) {
+        anyhow::bail!(
+            "no fault named {unknown:?}; the faults: {}",
+            FAULTS.join(", ")
+        );
+    }
     let stack = compose_test::prepare(PROJECT, env_file).await?;
     println!("chaos --containers: building the images (cached) and starting the stack");
     output(
@@ -70,7 +88,7 @@ pub async fn run(env_file: Option<PathBuf>) -> anyhow::Result<bool> {
                 .compose(&["up", "-d", "--wait", "--wait-timeout", "180"]),
         )
         .await?;
-        faults(&stack).await
+        faults(&stack, only).await
     }
     .await;
     let down = stack.down().await;
@@ -258,7 +276,8 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 /// Every fault in turn.
-async fn faults(stack: &Stack) -> anyhow::Result<(Vec<Row>, Vec<Check>)> {
+async fn faults(stack: &Stack, only: &[String]) -> anyhow::Result<(Vec<Row>, Vec<Check>)> {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let mut rows = Vec::new();
     let mut checks = Vec::new();
     let mut record = |(row, mut more): (Row, Vec<Check>)| {
@@ -281,15 +300,29 @@ async fn faults(stack: &Stack) -> anyhow::Result<(Vec<Row>, Vec<Check>)> {
     };
     let (row, more, baseline) = no_fault(stack).await?;
     record((row, more));
-    record(replica_cut_off(stack).await?);
-    for (service, index) in [("order", 0), ("catalog", 0)] {
-        record(cut_from_broker(stack, service, index).await?);
+    if wanted("disconnect") {
+        record(replica_cut_off(stack).await?);
     }
-    record(cut_from_database(stack).await?);
-    record(slow_and_lossy(stack, baseline).await?);
-    record(broker_restarted(stack).await?);
-    record(rolling_restart(stack).await?);
-    record(dns_cut(stack).await?);
+    for (name, service) in [("order-broker", "order"), ("catalog-broker", "catalog")] {
+        if wanted(name) {
+            record(cut_from_broker(stack, service, 0).await?);
+        }
+    }
+    if wanted("database") {
+        record(cut_from_database(stack).await?);
+    }
+    if wanted("slow") {
+        record(slow_and_lossy(stack, baseline).await?);
+    }
+    if wanted("broker-restart") {
+        record(broker_restarted(stack).await?);
+    }
+    if wanted("rolling") {
+        record(rolling_restart(stack).await?);
+    }
+    if wanted("dns") {
+        record(dns_cut(stack).await?);
+    }
     Ok((rows, checks))
 }
 

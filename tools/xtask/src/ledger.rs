@@ -22,6 +22,9 @@ use uuid::Uuid;
 pub enum Answer {
     /// `202` with the order's id.
     Accepted(Uuid),
+    /// A `503` marked as load shedding (`dockyard-shed`: the order service's admission
+    /// control).
+    Shed,
     /// Any other status.
     Refused(u16),
     /// No answer: the connection failed or the client's time-out passed.

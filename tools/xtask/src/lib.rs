@@ -44,6 +44,7 @@ pub mod container_chaos;
 pub mod database;
 pub mod dev_keys;
 pub mod docker;
+pub mod footprint;
 pub mod ledger;
 pub mod load;
 pub mod logs;

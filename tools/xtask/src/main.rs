@@ -67,6 +67,11 @@ enum Task {
         /// With --containers: Compose's `--env-file` (e.g. `deploy/offline.env`).
         #[arg(long)]
         env_file: Option<std::path::PathBuf>,
+        /// With --containers: only these faults (after the unfaulted baseline), by name:
+        /// disconnect, order-broker, catalog-broker, database, slow, broker-restart, rolling,
+        /// dns.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// The console in headless Chromium against a platform of its own: every instance shown, a
     /// killed instance turning unhealthy, the canary slider, an order's trace
@@ -95,6 +100,19 @@ enum Task {
         #[arg(long, default_value_t = 1000)]
         products: usize,
         /// Where the service binaries are (default: target/release).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+    },
+    /// Idle memory and start-to-ready of each service, and its memory after a load and 10 s
+    /// of idle, on a platform of its own (release builds, `RUST_LOG=warn`; `bench/footprint.sh`).
+    Footprint {
+        /// Requests of the load on each service.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Timed starts of each service.
+        #[arg(long, default_value_t = 5)]
+        starts: usize,
+        /// Run the services from this directory instead of target/release (to compare builds).
         #[arg(long)]
         bin_dir: Option<std::path::PathBuf>,
     },
@@ -192,7 +210,8 @@ async fn main() -> ExitCode {
             release,
             containers,
             env_file,
-        } => verdict("chaos", chaos(release, containers, env_file).await),
+            only,
+        } => verdict("chaos", chaos(release, containers, env_file, only).await),
         Task::ConsoleTest {
             release,
             screenshot,
@@ -216,6 +235,18 @@ async fn main() -> ExitCode {
             };
             let ran = xtask::catalog_bench::run(options).await;
             verdict("catalog-bench", ran.map(|()| true))
+        }
+        Task::Footprint {
+            requests,
+            starts,
+            bin_dir,
+        } => {
+            let options = xtask::footprint::Options {
+                bin_dir: bin_dir.unwrap_or_else(|| stack::bin_dir(true)),
+                requests,
+                starts: starts.max(1),
+            };
+            verdict("footprint", xtask::footprint::run(options).await)
         }
         Task::SagaBench {
             seconds,
@@ -335,9 +366,10 @@ async fn chaos(
     release: bool,
     containers: bool,
     env_file: Option<std::path::PathBuf>,
+    only: Vec<String>,
 ) -> anyhow::Result<bool> {
     if containers {
-        xtask::container_chaos::run(env_file).await
+        xtask::container_chaos::run(env_file, &only).await
     } else {
         xtask::chaos::run(stack::bin_dir(release)).await
     }

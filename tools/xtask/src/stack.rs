@@ -574,13 +574,19 @@ impl Stack {
     /// it has drained and exited, start a new process on the same address; returns once the
     /// new one is ready, with the old process's exit status.
     pub async fn restart(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
-        self.replace(name, Signal::SIGTERM).await
+        Ok(self.replace(name, Signal::SIGTERM).await?.0)
+    }
+
+    /// [`Stack::restart`], returning how long the new process took from its start to its
+    /// first ready answer (readiness polled every millisecond).
+    pub async fn restart_timed(&mut self, name: &str) -> anyhow::Result<Duration> {
+        Ok(self.replace(name, Signal::SIGTERM).await?.1)
     }
 
     /// Crashes instance `name` (SIGKILL: no drain) and starts a new process in its place, as
     /// an orchestrator restarts a crashed container; returns once the new one is ready.
     pub async fn crash_and_restart(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
-        self.replace(name, Signal::SIGKILL).await
+        Ok(self.replace(name, Signal::SIGKILL).await?.0)
     }
 
     /// Crashes every instance in `names` at once (SIGKILL) and starts a new process for each,
@@ -623,7 +629,11 @@ impl Stack {
         Ok(())
     }
 
-    async fn replace(&mut self, name: &str, signal: Signal) -> anyhow::Result<ExitStatus> {
+    async fn replace(
+        &mut self,
+        name: &str,
+        signal: Signal,
+    ) -> anyhow::Result<(ExitStatus, Duration)> {
         let index = self
             .instances
             .iter()
@@ -639,10 +649,28 @@ impl Stack {
         };
         let status = status?;
         let args: Vec<&str> = old.args.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
         let new = self.spawn(&old.name, old.ip, old.port, &old.binary, &args, &old.env)?;
-        wait_until_ready(&new.url()).await?;
+        let probe = format!("{}/health/ready", new.url());
+        let client = reqwest::Client::new();
+        let ready = async {
+            loop {
+                if client
+                    .get(&probe)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let took = tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .with_context(|| format!("{name} was not ready within 60 s of its restart"))?;
         self.instances.insert(index, new);
-        Ok(status)
+        Ok((status, took))
     }
 
     /// The gateway's admin API.

@@ -95,3 +95,61 @@ async fn discovery_adds_a_new_instance_after_its_health_check_and_drops_a_gone_o
     assert_eq!(finished.status(), 200, "its request in flight finished");
     assert_eq!(finished.headers()["x-upstream"], "first");
 }
+
+/// A partition looks like this to the gateway: the instance's address leaves DNS and its
+/// connections go silent (no reset). A retryable request in flight on it waits the departure
+/// grace (2 s), not the try time-out (10 s by default), and is answered by another instance.
+#[tokio::test]
+async fn a_request_in_flight_on_an_instance_that_left_dns_is_retried_after_the_grace() {
+    let first = upstream("first", "127.0.0.2", false);
+    let second = upstream_on("second", "127.0.0.3", first.port(), false);
+    let (a, b) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    let dns = LocalDns::start().await.unwrap();
+    dns.set(NAME, &[a, b]);
+    let gateway = gateway_with(
+        &format!("/api/x=http://{NAME}:{}", first.port()),
+        &[("DISCOVERY_NAMESERVER", &dns.address())],
+    )
+    .await;
+    let second_url = format!("http://127.0.0.3:{}", first.port());
+    eventually(5, "both instances in rotation", || async {
+        endpoint_states(&gateway).await.len() == 2
+            && endpoint_states(&gateway)
+                .await
+                .iter()
+                .all(|(_, state)| state == "healthy")
+    })
+    .await;
+    // Only the first can take the request: the second fails its checks for a moment.
+    second.set_broken(true);
+    eventually(5, "the second instance is out of rotation", || async {
+        endpoint_states(&gateway)
+            .await
+            .contains(&(second_url.clone(), "unhealthy".to_owned()))
+    })
+    .await;
+    let before = first.hits();
+    let client = reqwest::Client::new();
+    // Answers a minute away (health checks still pass): to the gateway, as silent as a
+    // partitioned instance.
+    first.set_slow(60_000);
+    let started = std::time::Instant::now();
+    let hanging = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{}/api/x/item", gateway.url));
+        async move { client.get(url).send().await.unwrap() }
+    });
+    eventually(5, "the request reaches the first instance", || async {
+        first.hits() > before
+    })
+    .await;
+    second.set_broken(false);
+    dns.set(NAME, &[b]);
+    let answered = hanging.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(answered.status(), 200);
+    assert_eq!(answered.headers()["x-upstream"], "second");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "answered after {took:?}: the grace (2 s) plus discovery, not the try time-out (10 s)"
+    );
+}

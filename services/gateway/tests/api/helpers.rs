@@ -1,7 +1,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -18,10 +18,13 @@ use tokio::sync::oneshot;
 /// A test upstream: echoes who it is and what it received. `/fail` answers 500 (a bug some
 /// input triggers), `/shed` a load-shedding 503 (`dockyard-shed`, `Retry-After`), `/echo` returns the request body, `/slow?ms=N` answers after N ms; while
 /// `broken` is set, every request (health checks included) answers 503, as an unhealthy
-/// instance does. `hits` counts requests other than health checks.
+/// instance does; while `slow_ms` is not 0, every request other than health checks answers
+/// that much later (a slow instance that still passes its checks). `hits` counts requests
+/// other than health checks.
 pub struct Upstream {
     pub url: String,
     pub broken: Arc<AtomicBool>,
+    pub slow_ms: Arc<AtomicU64>,
     pub hits: Arc<AtomicUsize>,
     handle: ServerHandle,
 }
@@ -30,12 +33,17 @@ pub struct Upstream {
 struct Behaviour {
     name: String,
     broken: Arc<AtomicBool>,
+    slow_ms: Arc<AtomicU64>,
     hits: Arc<AtomicUsize>,
 }
 
 async fn answer(request: HttpRequest, body: web::Bytes, me: web::Data<Behaviour>) -> HttpResponse {
     if !request.path().starts_with("/health") {
         me.hits.fetch_add(1, Ordering::Relaxed);
+        let slow = me.slow_ms.load(Ordering::Relaxed);
+        if slow > 0 {
+            tokio::time::sleep(Duration::from_millis(slow)).await;
+        }
     }
     if me.broken.load(Ordering::Relaxed) {
         return HttpResponse::ServiceUnavailable().body("broken");
@@ -88,6 +96,7 @@ pub fn upstream_on(name: &str, ip: &str, port: u16, broken: bool) -> Upstream {
     let behaviour = Behaviour {
         name: name.to_owned(),
         broken: Arc::new(AtomicBool::new(broken)),
+        slow_ms: Arc::new(AtomicU64::new(0)),
         hits: Arc::new(AtomicUsize::new(0)),
     };
     let data = web::Data::new(behaviour.clone());
@@ -108,6 +117,7 @@ pub fn upstream_on(name: &str, ip: &str, port: u16, broken: bool) -> Upstream {
     Upstream {
         url: format!("http://{ip}:{port}"),
         broken: behaviour.broken,
+        slow_ms: behaviour.slow_ms,
         hits: behaviour.hits,
         handle,
     }
@@ -120,6 +130,10 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn set_slow(&self, ms: u64) {
+        self.slow_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn set_broken(&self, broken: bool) {

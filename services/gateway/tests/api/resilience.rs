@@ -304,3 +304,32 @@ async fn a_load_shedding_503_is_relayed_once_and_never_held_against_the_instance
     let get = client.get(format!("{}/api/x/item", gateway.url)).send();
     assert_eq!(get.await.unwrap().status(), 200);
 }
+
+/// A slow instance that passes its health checks (a lossy link, a struggling host) loses its
+/// traffic: the balancer weighs latency, not only requests in flight. Before it did, one
+/// client's sequential reads (never more than one in flight) went half to the slow one.
+#[tokio::test]
+async fn a_slow_instance_that_passes_its_checks_gets_almost_no_reads() {
+    let fast = upstream("fast", "127.0.0.2", false);
+    let slow = upstream("slow", "127.0.0.3", false);
+    let gateway = gateway_with(&format!("/api/x={},{}", fast.url, slow.url), &[]).await;
+    let client = reqwest::Client::new();
+    let get = || client.get(format!("{}/api/x/item", gateway.url)).send();
+    for _ in 0..20 {
+        assert_eq!(get().await.unwrap().status(), 200, "warming both up");
+    }
+    slow.set_slow(200);
+    let before = slow.hits();
+    let mut worst = Duration::ZERO;
+    for _ in 0..300 {
+        let started = Instant::now();
+        assert_eq!(get().await.unwrap().status(), 200);
+        worst = worst.max(started.elapsed());
+    }
+    let to_slow = slow.hits() - before;
+    assert!(
+        to_slow <= 3,
+        "{to_slow} of 300 reads went to the slow instance (worst {worst:?})"
+    );
+    assert!(fast.hits() >= 300, "the fast one served the rest");
+}
