@@ -160,7 +160,7 @@ where
     let loaded = load(command).and_then(|settings| {
         let logging = config::from_env::<telemetry::TelemetryConfig>()?;
         let tracing = config::from_env::<crate::trace::TracingConfig>()?;
-        tracing.exporting()?;
+        tracing.check()?;
         Ok((settings, logging, tracing))
     });
     let (settings, logging, tracing) = match loaded {

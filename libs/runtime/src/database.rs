@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Database settings, from `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`,
-/// `DATABASE_ACQUIRE_TIMEOUT_MS`.
+/// `DATABASE_ACQUIRE_TIMEOUT_MS`, `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:port/database`; the password is redacted when shown.
@@ -32,6 +32,18 @@ pub struct DatabaseConfig {
     /// How long a request waits for a pooled connection before failing (and readiness with it).
     #[serde(default = "default_acquire_timeout_ms")]
     pub database_acquire_timeout_ms: u64,
+    /// PostgreSQL's `idle_in_transaction_session_timeout` for this process's sessions (`0`:
+    /// the server's setting). A transaction holds its row locks until it ends; a process on a
+    /// slow or lossy link (or one that stalls) would hold them between its statements for as
+    /// long as the link takes, and every other instance waiting on those rows with it. The
+    /// server ends such a session, the transaction rolls back, and the process retries
+    /// ([`is_transient`]). A healthy process sends its next statement within a millisecond.
+    #[serde(default = "default_idle_in_transaction_timeout_ms")]
+    pub database_idle_in_transaction_timeout_ms: u64,
+}
+
+fn default_idle_in_transaction_timeout_ms() -> u64 {
+    300
 }
 
 fn default_max_connections() -> u32 {
@@ -51,8 +63,12 @@ impl DatabaseConfig {
                 "expected a postgres:// or postgresql:// URI",
             ));
         }
-        PgConnectOptions::from_str(self.database_url.expose())
-            .map_err(|e| ConfigError::new("DATABASE_URL", format!("is not usable: {e}")))
+        let options = PgConnectOptions::from_str(self.database_url.expose())
+            .map_err(|e| ConfigError::new("DATABASE_URL", format!("is not usable: {e}")))?;
+        Ok(match self.database_idle_in_transaction_timeout_ms {
+            0 => options,
+            ms => options.options([("idle_in_transaction_session_timeout", ms.to_string())]),
+        })
     }
 
     /// A pool that connects on first use, so the process starts (and reports itself not ready)
@@ -177,7 +193,9 @@ pub async fn migrate(
 /// errors, pool time-outs, and the SQLSTATE classes 08 (connection exception), 40 (transaction
 /// rollback: serialization failures, deadlocks), 53 (insufficient resources), 57 (operator
 /// intervention: the server is shutting down or restarting), 58 (system error) and
-/// `55P03` (lock not available). Everything else is about the statement and its data (class
+/// `55P03` (lock not available) and `25P03` (the session sat idle in its transaction past
+/// `idle_in_transaction_session_timeout`: the link or the process was slow, not the statement).
+/// Everything else is about the statement and its data (class
 /// 22 data exception, 23 integrity constraint violation, 42 syntax or access rule, rows that
 /// do not decode): trying the same statement again gives the same answer.
 pub fn is_transient(error: &sqlx::Error) -> bool {
@@ -189,7 +207,9 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(database) => database.code().is_some_and(|code| {
-            matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || code == "55P03"
+            matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))
+                || code == "55P03"
+                || code == "25P03"
         }),
         _ => false,
     }
@@ -231,5 +251,41 @@ impl ReadinessCheck for DatabaseCheck {
 
     fn check(&self) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>> {
         Box::pin(async move { self.database.ping().await.map_err(|e| e.to_string()).into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction whose next statement comes later than the idle timeout is ended by the
+    /// server, and the error says "try again", not "this statement is wrong" (a consumer would
+    /// otherwise give up on the event and compensate it). Needs `DATABASE_URL`.
+    #[tokio::test]
+    async fn a_transaction_left_idle_past_the_timeout_ends_with_a_transient_error() {
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (a real PostgreSQL)");
+        let config: DatabaseConfig = crate::config::from_vars([
+            ("DATABASE_URL", url.as_str()),
+            ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", "200"),
+        ])
+        .unwrap();
+        let pool = connect(&config).await.unwrap();
+        let mut transaction = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1")
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let error = sqlx::query("SELECT 1")
+            .execute(&mut *transaction)
+            .await
+            .expect_err("the server ended the idle transaction");
+        assert!(is_transient(&error), "{error:?}");
+        drop(transaction);
+        pool.close().await;
+
+        let default: DatabaseConfig =
+            crate::config::from_vars([("DATABASE_URL", url.as_str())]).unwrap();
+        assert_eq!(default.database_idle_in_transaction_timeout_ms, 300);
     }
 }

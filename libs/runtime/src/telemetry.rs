@@ -9,6 +9,7 @@
 use serde::Deserialize;
 use tracing_subscriber::{
     EnvFilter, Layer,
+    filter::FilterExt,
     fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter, format::Writer},
     layer::SubscriberExt,
     registry::LookupSpan,
@@ -68,6 +69,8 @@ fn install<W>(format: LogFormat, writer: W, tracing: &Tracing)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    // Two filters, one per layer: `RUST_LOG` chooses the log lines, `TRACE_FILTER` the spans
+    // traced (a quiet log keeps its traces; see `crate::trace`).
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let lines = match format {
@@ -85,16 +88,17 @@ where
             .fmt_fields(WithoutOtelFields)
             .with_writer(writer)
             .boxed(),
-    };
+    }
+    .with_filter(filter);
     // Spans only: log events stay in the log (each line carries its trace and span ids) rather
     // than being copied into their span as span events; probes are never traced.
-    let spans = tracing
-        .layer()
-        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+    let spans = tracing.layer().with_filter(
+        tracing_subscriber::filter::filter_fn(|metadata| {
             metadata.is_span() && metadata.name() != crate::observe::PROBE_SPAN
-        }));
+        })
+        .and(tracing.filter()),
+    );
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(lines)
         .with(spans)
         .try_init();

@@ -3,8 +3,18 @@
 //! over OTLP/HTTP (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; nothing is exported when it is not. The
 //! standard `OTEL_*` variables apply (`OTEL_SERVICE_NAME`, default the service's name;
-//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_EXPORTER_OTLP_HEADERS`,
-//! `OTEL_EXPORTER_OTLP_TIMEOUT`, …; `OTEL_SDK_DISABLED=true` exports nothing).
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, …;
+//! `OTEL_SDK_DISABLED=true` exports nothing).
+//!
+//! Which spans exist is not the log's business: `TRACE_FILTER` (`RUST_LOG`'s syntax, default
+//! [`DEFAULT_TRACE_FILTER`]) chooses them, whatever `RUST_LOG` says, so `RUST_LOG=warn` quiets
+//! the log and keeps the traces. Which traces are exported is the sampler's:
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` as the OpenTelemetry specification
+//! defines them ([`Sampling`]), checked at start (an unknown sampler or a ratio outside 0..=1
+//! is a configuration error naming the variable, exit 2). With the parent-based samplers (the
+//! default) the first hop decides — the gateway, for a request without a sampled
+//! `traceparent` — and every service follows the sampled flag it receives, in a request's
+//! `traceparent` or a message's.
 //!
 //! Trace context is kept even when nothing is exported: the gateway starts a trace for each
 //! request, every hop continues it, and every JSON log line inside a request or a message
@@ -44,9 +54,130 @@ pub struct TracingConfig {
     pub otel_sdk_disabled: bool,
     pub otel_service_name: Option<String>,
     pub otel_resource_attributes: Option<String>,
+    pub otel_traces_sampler: Option<String>,
+    pub otel_traces_sampler_arg: Option<String>,
+    /// Which spans are traced, in `RUST_LOG`'s syntax (default [`DEFAULT_TRACE_FILTER`]).
+    pub trace_filter: Option<String>,
+}
+
+/// The spans traced without `TRACE_FILTER`: every span at `info` or above (each request,
+/// message and database call of the services is one).
+pub const DEFAULT_TRACE_FILTER: &str = "info";
+
+/// The sampler, as `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` name it (the
+/// specification's built-in samplers; remote ones are not built in).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    AlwaysOn,
+    AlwaysOff,
+    /// This fraction of traces, chosen by trace id (the same decision on every hop).
+    TraceIdRatio(f64),
+    /// The parent's decision when there is a parent, else the root's.
+    ParentBased(Root),
+}
+
+/// A parent-based sampler's decision for a trace that starts here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Root {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+}
+
+impl Default for Sampling {
+    /// The specification's default, `parentbased_always_on`.
+    fn default() -> Self {
+        Self::ParentBased(Root::AlwaysOn)
+    }
+}
+
+impl Sampling {
+    fn ratio(arg: Option<&str>) -> Result<f64, ConfigError> {
+        let Some(arg) = arg.filter(|a| !a.is_empty()) else {
+            return Ok(1.0);
+        };
+        arg.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    "expected a ratio from 0 to 1 (0.1 samples a tenth of the traces)",
+                )
+            })
+    }
+
+    /// Parses the two variables (`None`: unset).
+    pub fn parse(sampler: Option<&str>, arg: Option<&str>) -> Result<Self, ConfigError> {
+        let Some(name) = sampler.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(Self::default());
+        };
+        Ok(match name {
+            "always_on" => Self::AlwaysOn,
+            "always_off" => Self::AlwaysOff,
+            "traceidratio" => Self::TraceIdRatio(Self::ratio(arg)?),
+            "parentbased_always_on" => Self::ParentBased(Root::AlwaysOn),
+            "parentbased_always_off" => Self::ParentBased(Root::AlwaysOff),
+            "parentbased_traceidratio" => Self::ParentBased(Root::TraceIdRatio(Self::ratio(arg)?)),
+            _ => {
+                return Err(ConfigError::new(
+                    "OTEL_TRACES_SAMPLER",
+                    "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                     parentbased_always_off or parentbased_traceidratio",
+                ));
+            }
+        })
+    }
+
+    /// The SDK's sampler.
+    pub fn sampler(self) -> opentelemetry_sdk::trace::Sampler {
+        use opentelemetry_sdk::trace::Sampler;
+        let root = |root| match root {
+            Root::AlwaysOn => Sampler::AlwaysOn,
+            Root::AlwaysOff => Sampler::AlwaysOff,
+            Root::TraceIdRatio(ratio) => Sampler::TraceIdRatioBased(ratio),
+        };
+        match self {
+            Self::AlwaysOn => Sampler::AlwaysOn,
+            Self::AlwaysOff => Sampler::AlwaysOff,
+            Self::TraceIdRatio(ratio) => Sampler::TraceIdRatioBased(ratio),
+            Self::ParentBased(first) => Sampler::ParentBased(Box::new(root(first))),
+        }
+    }
 }
 
 impl TracingConfig {
+    /// Checks every variable this module reads; errors name the variable.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.exporting()?;
+        self.sampling()?;
+        self.filter()?;
+        Ok(())
+    }
+
+    /// The sampler `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` name.
+    pub fn sampling(&self) -> Result<Sampling, ConfigError> {
+        Sampling::parse(
+            self.otel_traces_sampler.as_deref(),
+            self.otel_traces_sampler_arg.as_deref(),
+        )
+    }
+
+    /// The `TRACE_FILTER` directives (checked: the filter builds).
+    pub fn filter(&self) -> Result<String, ConfigError> {
+        let directives = self
+            .trace_filter
+            .as_deref()
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .unwrap_or(DEFAULT_TRACE_FILTER);
+        tracing_subscriber::EnvFilter::builder()
+            .parse(directives)
+            .map_err(|e| ConfigError::new("TRACE_FILTER", format!("is not a filter: {e}")))?;
+        Ok(directives.to_owned())
+    }
+
     /// Whether spans are exported, after checking the endpoint and protocol; errors name the
     /// variable.
     pub fn exporting(&self) -> Result<bool, ConfigError> {
@@ -112,19 +243,23 @@ impl TracingConfig {
 pub struct Tracing {
     provider: SdkTracerProvider,
     exporting: bool,
+    /// `TRACE_FILTER`'s directives.
+    filter: String,
 }
 
 impl Tracing {
-    /// A provider for `service`: with a batch exporter when `config` says so (call
-    /// [`TracingConfig::exporting`] first: an invalid endpoint is a configuration error),
-    /// else one that only keeps trace context.
+    /// A provider for `service`: with a batch exporter when `config` says so, else one that
+    /// only keeps trace context. Call [`TracingConfig::check`] first: an invalid variable is a
+    /// configuration error (here it only falls back to the default).
     pub fn new(config: &TracingConfig, service: &'static str) -> Self {
         let exporting = config.exporting().unwrap_or(false);
         let mut resource = Resource::builder();
         if !config.named_by_environment() {
             resource = resource.with_service_name(service);
         }
-        let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+        let mut builder = SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_sampler(config.sampling().unwrap_or_default().sampler());
         if exporting {
             match opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
@@ -142,7 +277,17 @@ impl Tracing {
         Self {
             provider: builder.build(),
             exporting,
+            filter: config
+                .filter()
+                .unwrap_or_else(|_| DEFAULT_TRACE_FILTER.to_owned()),
         }
+    }
+
+    /// The filter choosing which spans are traced (`TRACE_FILTER`), independent of the log's.
+    pub fn filter(&self) -> tracing_subscriber::EnvFilter {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&self.filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_TRACE_FILTER))
     }
 
     /// The layer turning `tracing` spans into this provider's spans.
@@ -381,6 +526,88 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_sampler_variables_are_read_as_the_specification_names_them() {
+        let parse = Sampling::parse;
+        assert_eq!(
+            parse(None, None).unwrap(),
+            Sampling::ParentBased(Root::AlwaysOn)
+        );
+        assert_eq!(
+            parse(Some("always_off"), None).unwrap(),
+            Sampling::AlwaysOff
+        );
+        assert_eq!(
+            parse(Some("parentbased_traceidratio"), Some("0.25")).unwrap(),
+            Sampling::ParentBased(Root::TraceIdRatio(0.25))
+        );
+        assert_eq!(
+            parse(Some("traceidratio"), None).unwrap(),
+            Sampling::TraceIdRatio(1.0),
+            "no argument: a ratio of 1"
+        );
+        for (sampler, arg, variable) in [
+            ("jaeger_remote", None, "OTEL_TRACES_SAMPLER"),
+            ("sometimes", None, "OTEL_TRACES_SAMPLER"),
+            ("traceidratio", Some("1.5"), "OTEL_TRACES_SAMPLER_ARG"),
+            (
+                "parentbased_traceidratio",
+                Some("a tenth"),
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
+            ("traceidratio", Some("-0.1"), "OTEL_TRACES_SAMPLER_ARG"),
+        ] {
+            assert_eq!(
+                parse(Some(sampler), arg).unwrap_err().variable,
+                variable,
+                "{sampler} {arg:?}"
+            );
+        }
+        let config: TracingConfig =
+            crate::config::from_vars([("TRACE_FILTER", "info,=nonsense[")]).unwrap();
+        assert_eq!(config.check().unwrap_err().variable, "TRACE_FILTER");
+    }
+
+    /// A tenth of 10,000 fixed trace ids is sampled, within a point and a half; the parent's
+    /// flag wins over the ratio under the parent-based sampler.
+    #[test]
+    fn a_ratio_samples_its_fraction_and_a_parent_based_one_follows_the_parent() {
+        use opentelemetry::trace::{SpanContext, SpanKind, TraceFlags, TraceState};
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+        let sampled = |sampling: Sampling, parent: Option<&Context>, id: u128| {
+            let result = sampling.sampler().should_sample(
+                parent,
+                TraceId::from(id),
+                "request",
+                &SpanKind::Server,
+                &[],
+                &[],
+            );
+            result.decision == SamplingDecision::RecordAndSample
+        };
+        // Fixed, well spread ids (a multiplicative hash of 1..=10,000).
+        let ids: Vec<u128> = (1..=10_000u128)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+            .collect();
+        let ratio = Sampling::ParentBased(Root::TraceIdRatio(0.1));
+        let count = ids.iter().filter(|&&id| sampled(ratio, None, id)).count();
+        assert!((850..=1_150).contains(&count), "{count} of 10,000 sampled");
+
+        let parent = |flags| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(7),
+                SpanId::from(9),
+                flags,
+                true,
+                TraceState::default(),
+            ))
+        };
+        let (yes, no) = (parent(TraceFlags::SAMPLED), parent(TraceFlags::default()));
+        assert!(ids.iter().all(|&id| sampled(ratio, Some(&yes), id)));
+        assert!(!ids.iter().any(|&id| sampled(ratio, Some(&no), id)));
+        assert!(!sampled(Sampling::AlwaysOff, Some(&yes), 1));
     }
 
     #[test]

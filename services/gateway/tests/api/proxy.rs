@@ -208,11 +208,14 @@ async fn a_post_without_a_key_sent_to_a_stopped_endpoint_is_not_retried() {
 }
 
 /// A gateway over `a` and `b`, warmed up, where neither health checks nor ejection take an
-/// endpoint out of rotation: once stopped, requests keep being sent to it.
+/// endpoint out of rotation: once stopped, requests keep being sent to it. `a` answers 5 ms
+/// late, so that the balancer, which weighs latency, still prefers `b` once `b` is stopped
+/// (until a failed attempt there counts against it).
 async fn stopped_endpoint_in_rotation(
     a: &crate::helpers::Upstream,
     b: &crate::helpers::Upstream,
 ) -> (String, crate::helpers::TestGateway) {
+    a.set_slow(5);
     let (gateway, stop) = gateway(
         &format!("/api/x={},{}", a.url, b.url),
         &[
