@@ -147,8 +147,8 @@ async fn run_in(sandbox: &Sandbox, options: &Options) -> anyhow::Result<Vec<Figu
         &format!("{catalog}/products"),
         "Idle",
         50,
+        250,
         1_000_000,
-        10,
         None,
     )
     .await?;
@@ -186,7 +186,8 @@ async fn run_in(sandbox: &Sandbox, options: &Options) -> anyhow::Result<Vec<Figu
 }
 
 /// `requests` requests at `url`, 32 at a time: reads of a product (catalog, and through the
-/// gateway), placements of an order (order); returns how many did not succeed.
+/// gateway), placements of an order (order); returns how many failed (a placement shed by
+/// admission control is not a failure).
 async fn load(service: &str, url: &str, ids: &Arc<Vec<String>>, requests: usize) -> usize {
     let client = reqwest::Client::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -210,7 +211,11 @@ async fn load(service: &str, url: &str, ids: &Arc<Vec<String>>, requests: usize)
                         "gateway" => client.get(format!("{url}/api/catalog/products/{product}")),
                         _ => client.get(format!("{url}/products/{product}")),
                     };
-                    let ok = request.send().await.is_ok_and(|r| r.status().is_success());
+                    // A shed placement (admission control at its backlog: the load outruns the
+                    // saga) is the service working as designed, not a failure.
+                    let ok = request.send().await.is_ok_and(|r| {
+                        r.status().is_success() || r.headers().contains_key("dockyard-shed")
+                    });
                     failed += usize::from(!ok);
                 }
             })

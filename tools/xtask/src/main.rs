@@ -138,6 +138,10 @@ enum Task {
         /// Run the services from this directory instead (to compare builds).
         #[arg(long)]
         bin_dir: Option<std::path::PathBuf>,
+        /// Export spans to a console on the same machine, sampling this ratio of traces
+        /// (0 to 1); without it nothing is exported.
+        #[arg(long)]
+        export_ratio: Option<f64>,
     },
     /// Print a bearer token signed with the local platform's key (made on first use in
     /// `.dockyard/dev-keys/`), for `Authorization: Bearer …` through the local gateway.
@@ -255,8 +259,10 @@ async fn main() -> ExitCode {
             rates,
             release,
             bin_dir,
+            export_ratio,
         } => {
             let options = xtask::saga_bench::Options {
+                export_ratio,
                 seconds: seconds.max(1),
                 concurrency: concurrency.max(1),
                 bin_dir: bin_dir.unwrap_or_else(|| stack::bin_dir(release)),

@@ -50,6 +50,9 @@ pub struct Options {
     pub capacity: Option<f64>,
     /// Fixed-rate passes at these orders/s instead (no saturation, 80 % or 2× pass).
     pub rates: Vec<f64>,
+    /// Export spans to a console (a real OTLP receiver on the same machine), sampling this
+    /// ratio of traces (`parentbased_traceidratio`); `None`: no export.
+    pub export_ratio: Option<f64>,
 }
 
 /// What one pass measured.
@@ -78,12 +81,30 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     result
 }
 
+/// With a ratio: a console receives every service's spans, sampled at that ratio.
+fn exporting(stack_options: &mut stack::Options, ratio: Option<f64>) {
+    let Some(ratio) = ratio else {
+        println!("telemetry: no export");
+        return;
+    };
+    stack_options.console_port = Some(0);
+    for env in [
+        &mut stack_options.service_env,
+        &mut stack_options.gateway_env,
+    ] {
+        env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()));
+        env.push(("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()));
+    }
+    println!("telemetry: spans exported to the console, {ratio} of traces sampled");
+}
+
 async fn run_in(sandbox: &Sandbox, options: Options) -> anyhow::Result<bool> {
     let mut stack_options = sandbox.options(2, options.bin_dir.clone());
     stack_options.service_env = vec![
         ("DATABASE_MAX_CONNECTIONS", "20".to_owned()),
         ("HTTP_WORKERS", "2".to_owned()),
     ];
+    exporting(&mut stack_options, options.export_ratio);
     // The saga is measured, not the edge: orders go straight to the order service.
     stack_options.auth = false;
     let platform = stack::Stack::start(stack_options).await?;
