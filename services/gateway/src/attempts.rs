@@ -38,7 +38,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use crate::{
     body::{self, ClientFault},
     metrics::{Outcome, RouteLabels},
-    pool::{Endpoint, Latency, Pool},
+    pool::{DEPARTURE_CHECK, Endpoint, Latency, Pool},
     server,
     service::Service,
     state::Gateway,
@@ -276,24 +276,29 @@ impl Call<'_> {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = self.headers.clone();
-        let answer = async {
-            tokio::time::timeout(
-                self.gateway.try_timeout.min(left),
-                self.client.request(request),
-            )
-            .await
-            .map_err(|_| SendError::Timeout)?
-            .map_err(SendError::Client)
-        };
+        let limit = self.gateway.try_timeout.min(left);
+        let answer = self.client.request(request);
         if self.attempts < 2 {
-            return answer.await;
+            return tokio::time::timeout(limit, answer)
+                .await
+                .map_err(|_| SendError::Timeout)?
+                .map_err(SendError::Client);
         }
         // A request that may be tried elsewhere does not wait out the try time-out on an
-        // instance that has left discovery (a partition drops its packets without a reset).
-        tokio::select! {
-            biased;
-            answer = answer => answer,
-            () = endpoint.gone() => Err(SendError::Gone),
+        // instance that has left discovery (a partition drops its packets without a reset): it
+        // waits in slices of the time-out, and between two looks whether the instance left.
+        tokio::pin!(answer);
+        let started = tokio::time::Instant::now();
+        loop {
+            let remaining = limit.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(SendError::Timeout);
+            }
+            match tokio::time::timeout(remaining.min(DEPARTURE_CHECK), &mut answer).await {
+                Ok(answered) => return answered.map_err(SendError::Client),
+                Err(_) if endpoint.departed(Instant::now()) => return Err(SendError::Gone),
+                Err(_) => {}
+            }
         }
     }
 

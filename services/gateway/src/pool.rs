@@ -17,8 +17,9 @@
 //! The endpoint list is replaced as a whole when discovery sees the addresses change; a
 //! request holds its endpoint by `Arc`, so an endpoint that left finishes what it has in
 //! flight and only stops getting new requests — but an attempt that may be retried waits for
-//! it at most [`DEPARTED_GRACE`] more and is then tried on another instance: an address that
-//! left may be a partition, which drops packets rather than closing connections.
+//! it [`DEPARTED_GRACE`] more (checked every [`DEPARTURE_CHECK`]) and is then tried on another
+//! instance: an address that left may be a partition, which drops packets rather than closing
+//! connections.
 
 use std::{
     sync::{
@@ -37,6 +38,10 @@ use crate::metrics::{EndpointLabels, EndpointMetrics, GatewayMetrics, Outcome};
 
 /// Which pool of a route a list of URLs describes (defined with the admin API, which shows it).
 pub use dockyard_gateway_admin::PoolKind;
+
+/// How often a retryable attempt still waiting looks whether its instance has departed (a
+/// slice of its try time-out: no cost for the attempts answered sooner, nearly all of them).
+pub const DEPARTURE_CHECK: Duration = Duration::from_secs(1);
 
 /// How much longer a retryable attempt waits for an answer from an instance that has left
 /// discovery before it is tried on another. Long enough for an instance that is draining (an
@@ -89,9 +94,8 @@ pub struct Endpoint {
     /// How many times it was ejected in a row: the back-off grows with it.
     ejections: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
-    /// Set, and its waiters woken, when the endpoint leaves discovery.
-    left: std::sync::atomic::AtomicBool,
-    leaving: tokio::sync::Notify,
+    /// When the endpoint left discovery (read only by attempts older than a second).
+    left: Mutex<Option<Instant>>,
     pub metrics: EndpointMetrics,
 }
 
@@ -111,8 +115,7 @@ impl Endpoint {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
-            left: std::sync::atomic::AtomicBool::new(false),
-            leaving: tokio::sync::Notify::new(),
+            left: Mutex::new(None),
             metrics,
         }
     }
@@ -202,21 +205,19 @@ impl Endpoint {
         latency * waiting
     }
 
-    /// Resolves [`DEPARTED_GRACE`] after the endpoint has left discovery.
-    pub async fn gone(&self) {
-        let leaving = self.leaving.notified();
-        tokio::pin!(leaving);
-        // Registered before the flag is read: a departure in between still wakes it.
-        leaving.as_mut().enable();
-        if !self.left.load(Ordering::Acquire) {
-            leaving.await;
-        }
-        tokio::time::sleep(DEPARTED_GRACE).await;
+    /// Whether the endpoint left discovery at least [`DEPARTED_GRACE`] before `now`.
+    pub fn departed(&self, now: Instant) -> bool {
+        self.left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| now.saturating_duration_since(at) >= DEPARTED_GRACE)
     }
 
     fn leave(&self) {
-        self.left.store(true, Ordering::Release);
-        self.leaving.notify_waiters();
+        *self
+            .left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
     }
 
     /// Counts a request in flight until the guard drops.
