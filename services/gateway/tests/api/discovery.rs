@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use dockyard_testkit::LocalDns;
 
-use crate::helpers::{TestGateway, eventually, gateway_with, upstream, upstream_on};
+use crate::helpers::{TestGateway, Upstream, eventually, gateway_with, upstream, upstream_on};
 
 const NAME: &str = "catalog.dockyard.test";
 
@@ -22,6 +22,17 @@ async fn endpoint_states(gateway: &TestGateway) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Makes `instance` fail its checks and waits until the gateway has it out of rotation.
+async fn break_for_a_moment(gateway: &TestGateway, instance: &Upstream, url: &str) {
+    instance.set_broken(true);
+    eventually(5, "the instance is out of rotation", || async {
+        endpoint_states(gateway)
+            .await
+            .contains(&(url.to_owned(), "unhealthy".to_owned()))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -59,13 +70,7 @@ async fn discovery_adds_a_new_instance_after_its_health_check_and_drops_a_gone_o
 
     // A slow request in flight on the first instance when it leaves DNS still finishes.
     // (The second fails its checks for a moment, so the request can only go to the first.)
-    second.set_broken(true);
-    eventually(5, "the second instance is out of rotation", || async {
-        endpoint_states(&gateway)
-            .await
-            .contains(&(second_url.clone(), "unhealthy".to_owned()))
-    })
-    .await;
+    break_for_a_moment(&gateway, &second, &second_url).await;
     let before_slow = first.hits();
     let in_flight = tokio::spawn({
         let (client, slow) = (client.clone(), format!("{}/api/x/slow?ms=800", gateway.url));
@@ -121,13 +126,7 @@ async fn a_request_in_flight_on_an_instance_that_left_dns_is_retried_after_the_g
     })
     .await;
     // Only the first can take the request: the second fails its checks for a moment.
-    second.set_broken(true);
-    eventually(5, "the second instance is out of rotation", || async {
-        endpoint_states(&gateway)
-            .await
-            .contains(&(second_url.clone(), "unhealthy".to_owned()))
-    })
-    .await;
+    break_for_a_moment(&gateway, &second, &second_url).await;
     let before = first.hits();
     let client = reqwest::Client::new();
     // Answers a minute away (health checks still pass): to the gateway, as silent as a
